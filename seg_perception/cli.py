@@ -1,0 +1,66 @@
+"""``seg-perception``: one entry point, one subcommand per tool.
+
+Each tool lives in ``seg_perception/tools/<name>.py`` and provides ``HELP`` (one line),
+``EPILOG`` (examples), ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+TOOLS = ("export", "segment", "eval", "bench", "play", "demo")
+
+
+def _load(name: str):
+    return importlib.import_module(f"seg_perception.tools.{name}")
+
+
+def build_parser(tools: tuple[str, ...] = TOOLS) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seg-perception",
+        description="Semantic segmentation for ROS 2 cameras: tools around the node.",
+        epilog="Run 'seg-perception <tool> --help' for a tool's options and examples.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="tool", metavar="TOOL", required=True)
+    for name in tools:
+        try:
+            module = _load(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"seg_perception.tools.{name}":
+                raise
+            continue  # a tool not written yet
+        tool = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=module.HELP,
+            epilog=module.EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(tool)
+        tool.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="[%(levelname)s] %(message)s",
+    )
+    from seg_perception.errors import USER_ERRORS
+
+    try:
+        return int(args.run(args) or 0)
+    except USER_ERRORS as exc:
+        print(f"seg-perception {args.tool}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,486 @@
+"""Conversions between sensor_msgs/Image | CompressedImage payloads and numpy arrays.
+
+This is the single place where camera bytes become pixels, so it is on the hot path
+(30 Hz, 1280x720). Design rules:
+
+* ROS-free: messages are duck-typed (``.encoding``, ``.data``, ...), so the module works
+  with rclpy messages, rosbags dataclasses and plain test doubles alike.
+* Zero-copy where the layout allows it: packed 8-bit RGB/BGR(A) become numpy *views* of
+  the message buffer (row padding and alpha are skipped by strides, not copied). Encodings
+  that need arithmetic (mono, YUV, Bayer) pay exactly one ``cv2.cvtColor`` pass.
+* Untrusted input never crashes the node: every malformed message raises
+  :class:`ImageFormatError` (encoding) or :class:`ImageConversionError` (geometry/data),
+  both ``ValueError`` subclasses, with a message that names the problem.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "SUPPORTED_COMPRESSED_FORMATS",
+    "SUPPORTED_ENCODINGS",
+    "DecodedImage",
+    "ImageConversionError",
+    "ImageFormatError",
+    "decode_compressed",
+    "decode_compressed_msg",
+    "decode_image",
+    "decode_image_msg",
+    "encode_compressed",
+    "encode_image",
+]
+
+ChannelOrder = Literal["rgb", "bgr"]
+
+
+class ImageFormatError(ValueError):
+    """Encoding unknown or unsupported."""
+
+
+class ImageConversionError(ValueError):
+    """Geometry/data of the message inconsistent or corrupt."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Decoded 8-bit colour image plus its channel order.
+
+    ``pixels`` is HxWx3 uint8 and may be a read-only, non-contiguous view into the
+    message buffer: keeping the order instead of forcing RGB lets BGR sources skip a
+    copy when the consumer (e.g. OpenCV drawing) wants BGR anyway.
+    """
+
+    pixels: np.ndarray
+    channel_order: ChannelOrder
+    # 4-channel view behind an alpha-dropping `pixels` view: cv2 converts it ~50x
+    # faster than the 3-of-4-channel strided view it would otherwise have to copy.
+    _with_alpha: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+
+    def to_rgb(self) -> np.ndarray:
+        """Contiguous HxWx3 RGB array; copies only when order or layout require it."""
+        if self._with_alpha is not None:
+            rgb_first = self.channel_order == "rgb"
+            code = cv2.COLOR_RGBA2RGB if rgb_first else cv2.COLOR_BGRA2RGB
+            return cv2.cvtColor(self._with_alpha, code)
+        px = self.pixels
+        if self.channel_order == "rgb":
+            return px if px.flags.c_contiguous else np.ascontiguousarray(px)
+        # cvtColor is several times faster than a numpy channel flip and handles
+        # row-padded views without an extra copy.
+        return cv2.cvtColor(px, cv2.COLOR_BGR2RGB)
+
+
+# --- raw Image encodings ---------------------------------------------------------------
+
+class _Spec(NamedTuple):
+    bpp: int  # bytes per pixel in the message
+    order: ChannelOrder  # channel order of the decoded pixels
+    cvt: int | None  # cv2.cvtColor code to RGB; None = served as a zero-copy view
+
+
+def _bayer_code(new_name: str, legacy_name: str) -> int:
+    # OpenCV >= 5 names Bayer codes after the actual sensor layout; OpenCV 4 uses the
+    # historical, shifted names (what cv_bridge maps rggb8 -> BayerBG). Same numeric code.
+    return int(getattr(cv2, new_name, getattr(cv2, legacy_name)))
+
+
+_SPECS: dict[str, _Spec] = {
+    # Zero-copy views of the message buffer.
+    "rgb8": _Spec(3, "rgb", None),
+    "bgr8": _Spec(3, "bgr", None),
+    "8UC3": _Spec(3, "bgr", None),  # cv_bridge treats untyped 3-channel bytes as BGR
+    "rgba8": _Spec(4, "rgb", None),
+    "bgra8": _Spec(4, "bgr", None),
+    # One cv2.cvtColor pass each, straight to RGB.
+    "mono8": _Spec(1, "rgb", cv2.COLOR_GRAY2RGB),
+    "8UC1": _Spec(1, "rgb", cv2.COLOR_GRAY2RGB),
+    # ROS "yuv422" is UYVY (U0 Y0 V0 Y1); "yuv422_yuy2" is YUYV (Y0 U0 Y1 V0).
+    # OpenCV uses BT.601 limited ("video") range for both.
+    "yuv422": _Spec(2, "rgb", cv2.COLOR_YUV2RGB_UYVY),
+    "uyvy": _Spec(2, "rgb", cv2.COLOR_YUV2RGB_UYVY),  # newer sensor_msgs alias of yuv422
+    "yuv422_yuy2": _Spec(2, "rgb", cv2.COLOR_YUV2RGB_YUY2),
+    "yuyv": _Spec(2, "rgb", cv2.COLOR_YUV2RGB_YUY2),  # newer alias of yuv422_yuy2
+    "bayer_rggb8": _Spec(1, "rgb", _bayer_code("COLOR_BayerRGGB2RGB", "COLOR_BayerBG2RGB")),
+    "bayer_bggr8": _Spec(1, "rgb", _bayer_code("COLOR_BayerBGGR2RGB", "COLOR_BayerRG2RGB")),
+    "bayer_gbrg8": _Spec(1, "rgb", _bayer_code("COLOR_BayerGBRG2RGB", "COLOR_BayerGR2RGB")),
+    "bayer_grbg8": _Spec(1, "rgb", _bayer_code("COLOR_BayerGRBG2RGB", "COLOR_BayerGB2RGB")),
+}
+
+_YUV422_ENCODINGS = frozenset({"yuv422", "uyvy", "yuv422_yuy2", "yuyv"})
+_BAYER_ENCODINGS = frozenset(e for e in _SPECS if e.startswith("bayer_"))
+
+SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_SPECS)
+_SUPPORTED_TEXT = ", ".join(SUPPORTED_ENCODINGS)
+
+# --- compressed formats ----------------------------------------------------------------
+
+SUPPORTED_COMPRESSED_FORMATS: tuple[str, ...] = ("jpeg", "png")
+_CODEC_ALIASES = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png"}
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# IGNORE_ORIENTATION: EXIF rotation would silently swap H and W behind the header check.
+_IMDECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+# JPEG start-of-frame markers (carry the frame size); C4/C8/CC are DHT/JPG/DAC.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _as_int(value: Any, name: str) -> int:
+    """Field as a Python int; message fields must be integral, not float/str/None."""
+    if isinstance(value, bool):
+        raise ImageConversionError(f"{name} must be an integer, got bool {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ImageConversionError(
+            f"{name} must be an integer, got {type(value).__name__} {value!r:.40}"
+        ) from None
+
+
+def _as_buffer(data: Any) -> np.ndarray:
+    """Flat uint8 view of any contiguous buffer (bytes, bytearray, memoryview, array, ndarray)."""
+    if data is None:
+        raise ImageConversionError("image data is None")
+    if isinstance(data, str):
+        raise ImageConversionError("image data must be a bytes-like buffer, got str")
+    try:
+        return np.frombuffer(data, dtype=np.uint8)
+    except (TypeError, ValueError, BufferError) as exc:
+        raise ImageConversionError(
+            f"image data must be a contiguous bytes-like buffer, got {type(data).__name__}: {exc}"
+        ) from None
+
+
+def _check_max_pixels(height: int, width: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and height * width > max_pixels:
+        raise ImageConversionError(
+            f"image of {width}x{height} = {height * width} pixels exceeds "
+            f"max_pixels={max_pixels}"
+        )
+
+
+def _check_dims(height: Any, width: Any, max_pixels: int | None) -> tuple[int, int]:
+    h = _as_int(height, "height")
+    w = _as_int(width, "width")
+    if h <= 0 or w <= 0:
+        raise ImageConversionError(f"image dimensions must be positive, got {w}x{h} (WxH)")
+    _check_max_pixels(h, w, max_pixels)
+    return h, w
+
+
+def _format_error(encoding: Any) -> ImageFormatError:
+    if isinstance(encoding, str) and encoding.strip():
+        what = f"unsupported image encoding {encoding!r}"
+    else:
+        what = f"missing or invalid image encoding {encoding!r:.40}"
+    return ImageFormatError(f"{what}; supported encodings: {_SUPPORTED_TEXT}")
+
+
+# --- raw Image decoding ----------------------------------------------------------------
+
+
+def decode_image(
+    encoding: str,
+    height: int,
+    width: int,
+    step: int,
+    data: Any,
+    is_bigendian: int = 0,
+    max_pixels: int | None = None,
+) -> DecodedImage:
+    """Decode the fields of a sensor_msgs/Image into an HxWx3 uint8 image.
+
+    rgb8/bgr8/8UC3/rgba8/bgra8 are returned as zero-copy views of ``data`` (row padding
+    and alpha skipped by strides). ``is_bigendian`` is accepted for message parity and
+    ignored: every supported encoding is 8-bit. Raises ImageFormatError for unsupported
+    encodings and ImageConversionError for inconsistent geometry or data.
+    """
+    del is_bigendian  # byte order is meaningless for 8-bit channels
+    if not isinstance(encoding, str):
+        raise _format_error(encoding)
+    spec = _SPECS.get(encoding)
+    if spec is None:
+        raise _format_error(encoding)
+    bpp = spec.bpp
+
+    h, w = _check_dims(height, width, max_pixels)
+    step_i = _as_int(step, "step")
+    row_bytes = w * bpp
+    if step_i < row_bytes:
+        raise ImageConversionError(
+            f"step {step_i} is smaller than width*bytes_per_pixel = {w}*{bpp} = {row_bytes} "
+            f"for {encoding!r}"
+        )
+    if encoding in _YUV422_ENCODINGS and w % 2:
+        raise ImageConversionError(
+            f"width {w} is odd; {encoding!r} packs two pixels per 4 bytes and needs even width"
+        )
+    buf = _as_buffer(data)
+    expected = step_i * h
+    if buf.size != expected:
+        problem = "too short" if buf.size < expected else "too long"
+        raise ImageConversionError(
+            f"image data is {problem}: {buf.size} bytes, expected step*height = "
+            f"{step_i}*{h} = {expected}"
+        )
+
+    # Rows of `step` bytes, padding sliced off; splitting the unit-stride last axis into
+    # (w, bpp) is always a view, so this never copies.
+    rows = buf.reshape(h, step_i)[:, :row_bytes]
+    if spec.cvt is None:
+        pixels = rows.reshape(h, w, bpp)
+        if bpp == 3:
+            return DecodedImage(pixels, spec.order)
+        decoded = DecodedImage(pixels[:, :, :3], spec.order)
+        object.__setattr__(decoded, "_with_alpha", pixels)  # frozen: set once, here
+        return decoded
+
+    src = rows.reshape(h, w, 2) if bpp == 2 else rows
+    if encoding in _BAYER_ENCODINGS and (h < 2 or w < 2):
+        raise ImageConversionError(f"{encoding!r} needs at least 2x2 pixels, got {w}x{h}")
+    try:
+        rgb = cv2.cvtColor(src, spec.cvt)
+    except cv2.error as exc:  # defensive: geometry was validated above
+        raise ImageConversionError(f"cv2 failed to convert {encoding!r} {w}x{h}: {exc}") from None
+    return DecodedImage(rgb, spec.order)
+
+
+@functools.cache
+def _cv_bridge() -> Any | None:
+    """CvBridge instance if ROS cv_bridge is importable (imported once, lazily)."""
+    try:
+        from cv_bridge import CvBridge  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return CvBridge()
+
+
+def _decode_with_cv_bridge(msg: Any, max_pixels: int | None) -> DecodedImage | None:
+    """Fallback for encodings we don't handle natively; None if cv_bridge is absent."""
+    bridge = _cv_bridge()
+    if bridge is None:
+        return None
+    h, w = _check_dims(msg.height, msg.width, max_pixels)
+    try:
+        rgb = bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8")
+    except Exception as exc:  # noqa: BLE001 - CvBridgeError, cv2.error, TypeError, ...
+        raise ImageFormatError(
+            f"cv_bridge could not convert encoding {msg.encoding!r}: {exc}"
+        ) from None
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.shape != (h, w, 3):
+        raise ImageFormatError(
+            f"cv_bridge returned {rgb.dtype} {rgb.shape} for encoding {msg.encoding!r}, "
+            f"expected uint8 {(h, w, 3)}"
+        )
+    return DecodedImage(rgb, "rgb")
+
+
+def decode_image_msg(msg: Any, max_pixels: int | None = None) -> DecodedImage:
+    """Decode a sensor_msgs/Image (rclpy, rosbags or any object with the same fields).
+
+    Encodings not handled natively fall back to cv_bridge when it is installed.
+    """
+    try:
+        fields = (msg.encoding, msg.height, msg.width, msg.step, msg.data)
+    except AttributeError as exc:
+        raise ImageConversionError(f"not a sensor_msgs/Image: {exc}") from None
+    is_bigendian = getattr(msg, "is_bigendian", 0)
+    try:
+        return decode_image(*fields, is_bigendian=is_bigendian, max_pixels=max_pixels)
+    except ImageFormatError:
+        decoded = _decode_with_cv_bridge(msg, max_pixels)
+        if decoded is None:
+            raise
+        return decoded
+
+
+# --- compressed decoding ---------------------------------------------------------------
+
+
+def _parse_compressed_format(fmt: Any) -> str | None:
+    """Codec named by a CompressedImage.format string; None when the string is empty.
+
+    Accepts bare codecs ("jpeg", "png") and the image_transport form
+    "<orig encoding>; <codec> compressed <target encoding>".
+    """
+    if not isinstance(fmt, str):
+        raise ImageFormatError(f"CompressedImage format must be a str, got {fmt!r:.40}")
+    text = fmt.strip().lower()
+    if not text:
+        return None
+    if "compresseddepth" in text:
+        raise ImageFormatError(
+            f"compressed depth format {fmt!r} is not supported; supported formats: "
+            f"{', '.join(SUPPORTED_COMPRESSED_FORMATS)}"
+        )
+    part = text.split(";", 1)[1] if ";" in text else text
+    tokens = part.split()
+    codec = _CODEC_ALIASES.get(tokens[0]) if tokens else None
+    if codec is None:
+        raise ImageFormatError(
+            f"unsupported CompressedImage format {fmt!r}; supported formats: "
+            f"{', '.join(SUPPORTED_COMPRESSED_FORMATS)} (optionally as "
+            f"'<encoding>; <format> compressed <encoding>')"
+        )
+    return codec
+
+
+def _jpeg_size(buf: memoryview) -> tuple[int, int] | None:
+    """(height, width) from the JPEG SOF header, or None if not found cheaply."""
+    n = len(buf)
+    i = 2  # past SOI
+    while i + 4 <= n:
+        if buf[i] != 0xFF:
+            return None
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # standalone markers, no length
+            i += 2
+            continue
+        if marker in _JPEG_SOF:
+            if i + 9 > n:
+                return None
+            return (buf[i + 5] << 8) | buf[i + 6], (buf[i + 7] << 8) | buf[i + 8]
+        seg_len = (buf[i + 2] << 8) | buf[i + 3]
+        if seg_len < 2:
+            return None
+        i += 2 + seg_len
+    return None
+
+
+def _png_size(buf: memoryview) -> tuple[int, int] | None:
+    """(height, width) from the PNG IHDR chunk, or None if the header is malformed."""
+    if len(buf) < 24 or bytes(buf[12:16]) != b"IHDR":
+        return None
+    width = int.from_bytes(buf[16:20], "big")
+    height = int.from_bytes(buf[20:24], "big")
+    return height, width
+
+
+def decode_compressed(
+    format: str,  # mirrors the CompressedImage field name
+    data: Any,
+    max_pixels: int | None = None,
+) -> DecodedImage:
+    """Decode a sensor_msgs/CompressedImage payload (JPEG or PNG) to HxWx3 BGR.
+
+    The format string gates which codecs are accepted; the payload's magic bytes pick
+    the decoder, and anything that is not JPEG/PNG is refused before it reaches OpenCV
+    (which would otherwise happily parse TIFF, EXR, ...). With ``max_pixels`` the frame
+    size is read from the header first, so decompression bombs are never decoded.
+    """
+    codec = _parse_compressed_format(format)
+    buf = _as_buffer(data)
+    if buf.size == 0:
+        raise ImageConversionError("compressed image data is empty")
+    head = memoryview(buf)
+    if bytes(head[:3]) == _JPEG_MAGIC:
+        size = _jpeg_size(head)
+    elif bytes(head[:8]) == _PNG_MAGIC:
+        size = _png_size(head)
+    else:
+        expected = codec or "JPEG/PNG"
+        raise ImageConversionError(
+            f"compressed image data is not a {expected} stream (bad magic bytes "
+            f"{bytes(head[:8])!r})"
+        )
+    if size is not None:
+        _check_max_pixels(size[0], size[1], max_pixels)
+    try:
+        bgr = cv2.imdecode(buf, _IMDECODE_FLAGS)
+    except cv2.error as exc:
+        raise ImageConversionError(f"corrupt compressed image ({format!r}): {exc}") from None
+    if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.size == 0:
+        raise ImageConversionError(
+            f"corrupt compressed image ({format!r}): OpenCV could not decode "
+            f"{buf.size} bytes"
+        )
+    _check_max_pixels(bgr.shape[0], bgr.shape[1], max_pixels)
+    return DecodedImage(bgr, "bgr")
+
+
+def decode_compressed_msg(msg: Any, max_pixels: int | None = None) -> DecodedImage:
+    """Decode a sensor_msgs/CompressedImage (duck-typed: ``.format`` and ``.data``)."""
+    try:
+        fmt, data = msg.format, msg.data
+    except AttributeError as exc:
+        raise ImageConversionError(f"not a sensor_msgs/CompressedImage: {exc}") from None
+    return decode_compressed(fmt, data, max_pixels=max_pixels)
+
+
+# --- encoding --------------------------------------------------------------------------
+
+_ENCODE_CHANNELS: dict[str, int] = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+
+
+def encode_image(pixels: np.ndarray, encoding: str) -> tuple[int, int, int, bytes]:
+    """Pack an array as sensor_msgs/Image fields: (height, width, step, data).
+
+    ``pixels`` must already be in the channel layout of ``encoding`` (no reordering is
+    done): HxWx3 for rgb8/bgr8, HxWx4 for rgba8/bgra8, HxW or HxWx1 for mono8. Rows
+    are packed without padding (step = width * channels).
+    """
+    channels = _ENCODE_CHANNELS.get(encoding) if isinstance(encoding, str) else None
+    if channels is None:
+        raise ImageFormatError(
+            f"cannot encode to {encoding!r}; supported: {', '.join(_ENCODE_CHANNELS)}"
+        )
+    arr = np.asarray(pixels)
+    if arr.dtype != np.uint8:
+        raise ImageConversionError(f"{encoding} needs uint8 pixels, got {arr.dtype}")
+    if channels == 1 and arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    expected_ndim = 2 if channels == 1 else 3
+    if arr.ndim != expected_ndim or (channels > 1 and arr.shape[2] != channels):
+        want = "HxW or HxWx1" if channels == 1 else f"HxWx{channels}"
+        raise ImageConversionError(f"{encoding} needs a {want} array, got shape {arr.shape}")
+    height, width = arr.shape[:2]
+    if height == 0 or width == 0:
+        raise ImageConversionError(f"cannot encode an empty image of shape {arr.shape}")
+    return height, width, width * channels, arr.tobytes()
+
+
+def encode_compressed(
+    pixels_rgb: np.ndarray,
+    fmt: Literal["jpeg", "png"] = "jpeg",
+    quality: int = 90,
+) -> tuple[str, bytes]:
+    """Compress an HxWx3 RGB array: (CompressedImage.format, data).
+
+    The format string follows image_transport ("rgb8; jpeg compressed bgr8") so standard
+    ROS subscribers (and :func:`decode_compressed`) understand it. ``quality`` (0-100) is
+    the JPEG quality; PNG is lossless and ignores it.
+    """
+    if fmt not in SUPPORTED_COMPRESSED_FORMATS:
+        raise ImageFormatError(
+            f"cannot compress to {fmt!r}; supported: {', '.join(SUPPORTED_COMPRESSED_FORMATS)}"
+        )
+    q = _as_int(quality, "quality")
+    if not 0 <= q <= 100:
+        raise ValueError(f"quality must be within 0..100, got {q}")
+    arr = np.asarray(pixels_rgb)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or arr.size == 0:
+        raise ImageConversionError(
+            f"encode_compressed needs a non-empty HxWx3 uint8 RGB array, "
+            f"got {arr.dtype} {arr.shape}"
+        )
+    bgr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    if fmt == "jpeg":
+        ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, q])
+    else:
+        ok, encoded = cv2.imencode(".png", bgr)
+    if not ok:
+        raise ImageConversionError(f"OpenCV failed to encode {arr.shape} image as {fmt}")
+    return f"rgb8; {fmt} compressed bgr8", encoded.tobytes()

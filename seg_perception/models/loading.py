@@ -1,0 +1,191 @@
+"""Loading an exported model: validate the file and its metadata, place it, warm it up.
+
+Every tool takes ``--model`` as either a built-in name (exported once into a local cache) or a
+path to an exported TorchScript file; both end up here, so all tools run the same artefact.
+TorchScript files contain code: load only files from sources you trust.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from seg_perception.device import select_device
+from seg_perception.models.metadata import EXTRA_FILE_NAME, MetadataError, ModelMetadata
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message is one line that says what to fix."""
+
+
+@dataclass
+class LoadedModel:
+    """A TorchScript segmentation network placed on a device, with what it needs to be fed."""
+
+    module: torch.jit.ScriptModule
+    metadata: ModelMetadata
+    device: torch.device
+    dtype: torch.dtype  # dtype of the input tensor and weights
+    autocast_dtype: torch.dtype | None  # CPU bf16 runs fp32 weights under autocast
+    path: Path
+    device_reason: str
+
+    def describe(self) -> str:
+        meta = self.metadata
+        size = "x".join(map(str, meta.input_size)) if meta.input_size else "native"
+        precision = str(self.autocast_dtype or self.dtype).removeprefix("torch.")
+        return (
+            f"model {self.metadata.name} ({self.metadata.num_classes} classes, input {size}, "
+            f"{precision}) on {self.device} [{self.device_reason}] from {self.path}"
+        )
+
+
+def cache_dir() -> Path:
+    """Where built-in models are exported to on first use (``SEG_PERCEPTION_CACHE``)."""
+    root = os.environ.get("SEG_PERCEPTION_CACHE") or Path.home() / ".cache" / "seg_perception"
+    return Path(root) / "models"
+
+
+def resolve_model_path(model: str) -> Path:
+    """A path for ``model``: an existing file as given, or the cached export of a built-in."""
+    from seg_perception import __version__
+    from seg_perception.models.registry import BUILTIN_MODELS
+
+    if model in BUILTIN_MODELS:
+        path = cache_dir() / f"{model}-{__version__}.pt"
+        if not path.exists():
+            from seg_perception.models.export import export_builtin
+
+            log.info("exporting built-in model %s to %s (first use)", model, path)
+            export_builtin(model, path)
+        return path
+    path = Path(model).expanduser()
+    if not path.exists():
+        names = ", ".join(BUILTIN_MODELS)
+        raise ModelLoadError(f"model file not found: {path} (built-in names: {names})")
+    if not path.is_file():
+        raise ModelLoadError(f"model path is not a file: {path}")
+    return path
+
+
+def read_model_file(path: Path, map_location: torch.device | str = "cpu"):
+    """Open a TorchScript file and its metadata (embedded, else ``<file>.json``)."""
+    extra = {EXTRA_FILE_NAME: ""}
+    try:
+        module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+    except (RuntimeError, ValueError, zipfile.BadZipFile) as exc:
+        hint = ""
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                if not any(n.endswith("constants.pkl") for n in zf.namelist()):
+                    hint = (
+                        " (it looks like a torch.save checkpoint: export it with "
+                        "'seg-perception export <arch> --weights FILE')"
+                    )
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{path} is not a TorchScript model{hint}: {reason}") from None
+    text = extra[EXTRA_FILE_NAME]
+    sidecar = path.with_name(path.name + ".json")
+    if not text and sidecar.exists():
+        text = sidecar.read_text()
+    if not text:
+        raise ModelLoadError(
+            f"{path} has no seg_perception metadata (neither embedded {EXTRA_FILE_NAME} nor "
+            f"{sidecar.name}): export it with 'seg-perception export'"
+        )
+    try:
+        metadata = ModelMetadata.from_json(text)
+    except MetadataError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
+    return module, metadata
+
+
+def load_model(
+    model: str,
+    device: str = "auto",
+    precision: Precision = "auto",
+    device_fallback: bool = True,
+    warmup: bool = True,
+    optimize: bool = True,
+) -> LoadedModel:
+    """Load, validate, place and warm up a model; raise :class:`ModelLoadError` on any problem."""
+    target, reason = select_device(device, fallback=device_fallback)
+    if reason.startswith("FALLBACK"):
+        log.warning("device: %s", reason)
+    path = resolve_model_path(model)
+    module, metadata = read_model_file(path, map_location=target)
+    dtype, autocast = _resolve_precision(precision, target)
+    module = module.eval().to(target)
+    module = module.to(memory_format=torch.channels_last)
+    module = module.to(dtype)  # also upcasts fp16-exported weights for the CPU
+    if optimize:
+        module = torch.jit.freeze(module)
+    loaded = LoadedModel(module, metadata, target, dtype, autocast, path, reason)
+    if warmup:
+        _warm_up(loaded)
+    return loaded
+
+
+def _resolve_precision(
+    precision: str, device: torch.device
+) -> tuple[torch.dtype, torch.dtype | None]:
+    if precision not in PRECISIONS:
+        raise ModelLoadError(f"unknown precision '{precision}': use {', '.join(PRECISIONS)}")
+    cuda = device.type == "cuda"
+    if precision == "auto":
+        return (torch.float16 if cuda else torch.float32), None
+    if precision == "fp16":
+        if not cuda:
+            raise ModelLoadError("precision fp16 needs a CUDA device: use fp32 or bf16 on CPU")
+        return torch.float16, None
+    if precision == "bf16":
+        return (torch.bfloat16, None) if cuda else (torch.float32, torch.bfloat16)
+    return torch.float32, None
+
+
+def _warm_up(loaded: LoadedModel) -> None:
+    """Run the network twice at its input size, and check its output against the metadata."""
+    meta = loaded.metadata
+    width, height = meta.input_size or (640, 480)
+    x = torch.zeros(1, 3, height, width, device=loaded.device, dtype=loaded.dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    start = time.perf_counter()
+    try:
+        for _ in range(2):
+            out = run_network(loaded, x)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise ModelLoadError(
+            f"{loaded.path}: the network fails on a {width}x{height} input: {reason}"
+        ) from None
+    if out.dim() != 4 or out.shape[0] != 1:
+        raise ModelLoadError(
+            f"{loaded.path}: output shape {tuple(out.shape)} is not NCHW logits (logits_nchw)"
+        )
+    if out.shape[1] != meta.num_classes:
+        raise ModelLoadError(
+            f"{loaded.path}: the network outputs {out.shape[1]} channels but the metadata "
+            f"names {meta.num_classes} classes: re-export with the right class list"
+        )
+    log.debug("warm-up took %.0f ms", (time.perf_counter() - start) * 1e3)
+
+
+def run_network(loaded: LoadedModel, x: torch.Tensor) -> torch.Tensor:
+    """The forward pass alone, under the model's precision policy."""
+    with torch.inference_mode():
+        if loaded.autocast_dtype is not None:
+            with torch.autocast(loaded.device.type, dtype=loaded.autocast_dtype):
+                return loaded.module(x)
+        return loaded.module(x)

@@ -1,0 +1,1 @@
+"""Command-line tools; see :mod:`seg_perception.cli`."""
