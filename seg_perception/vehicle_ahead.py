@@ -77,6 +77,9 @@ GROUND_TRUTH_MIN_COVERAGE = 0.05
 # Masks are cached per (vertices, H, W, device); a node sees one or two resolutions, the eval
 # tool a handful, so a small cache bounds memory while avoiding any per-frame geometry work.
 _MASK_CACHE_SIZE = 16
+# Polygons smaller than this (fraction of the image, i.e. under one pixel of a 1e6 x 1e6 image)
+# can only come from float noise on collinear vertices, so they are rejected as zero-area.
+_MIN_AREA = 1e-12
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,7 +248,8 @@ class Corridor:
         try:
             flat = list(values)
         except TypeError:
-            raise CorridorError(f"corridor must be a flat list of numbers, got {values!r}") from None
+            raise CorridorError(
+                f"corridor must be a flat list of numbers, got {values!r}") from None
         if len(flat) % 2:
             raise CorridorError(f"corridor must be a flat list [x0, y0, x1, y1, ...] of even "
                                 f"length, got {len(flat)} values")
@@ -294,8 +298,12 @@ class Corridor:
                         f"corridor is self-intersecting: edge {i} "
                         f"{_fmt_point(verts[i])}-{_fmt_point(verts[(i + 1) % n])} meets edge {j} "
                         f"{_fmt_point(verts[j])}-{_fmt_point(verts[(j + 1) % n])}")
-        if self.area == 0.0:  # unreachable for a simple non-collinear polygon; kept as a guard
-            raise CorridorError("corridor has zero area")
+        area = self.area
+        if area < _MIN_AREA:
+            # Exactly collinear input is caught above; this catches vertices meant to be
+            # collinear whose float values (e.g. 0.2 + 0.8 != 1 exactly) leave a sliver.
+            raise CorridorError(f"corridor has (nearly) zero area ({area:.3g} of the image): "
+                                f"its vertices are (almost) collinear")
 
     @property
     def area(self) -> float:

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -119,13 +119,20 @@ def load_model(
     device_fallback: bool = True,
     warmup: bool = True,
     optimize: bool = True,
+    input_size: tuple[int, int] | None = None,
 ) -> LoadedModel:
-    """Load, validate, place and warm up a model; raise :class:`ModelLoadError` on any problem."""
+    """Load, validate, place and warm up a model; raise :class:`ModelLoadError` on any problem.
+
+    ``input_size`` (width, height) overrides the network input size of the metadata: a speed /
+    accuracy trade-off for fully convolutional networks (sides must suit ``size_multiple``).
+    """
     target, reason = select_device(device, fallback=device_fallback)
     if reason.startswith("FALLBACK"):
         log.warning("device: %s", reason)
     path = resolve_model_path(model)
     module, metadata = read_model_file(path, map_location=target)
+    if input_size is not None:
+        metadata = _with_input_size(metadata, input_size)
     dtype, autocast = _resolve_precision(precision, target)
     module = module.eval().to(target)
     module = module.to(memory_format=torch.channels_last)
@@ -136,6 +143,17 @@ def load_model(
     if warmup:
         _warm_up(loaded)
     return loaded
+
+
+def _with_input_size(metadata: ModelMetadata, size: tuple[int, int]) -> ModelMetadata:
+    width, height = size
+    step = metadata.size_multiple
+    if width < step or height < step or width % step or height % step:
+        raise ModelLoadError(
+            f"input size {width}x{height} does not suit {metadata.name}: "
+            f"both sides must be positive multiples of {step}"
+        )
+    return replace(metadata, input_size=(width, height))
 
 
 def _resolve_precision(
