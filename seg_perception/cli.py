@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-TOOLS = ("export", "segment", "eval", "bench", "play", "demo")
+TOOLS = ("export", "eval", "bench", "play", "demo")
 
 
 def _load(name: str):

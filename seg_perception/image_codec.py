@@ -79,6 +79,7 @@ class DecodedImage:
 
 # --- raw Image encodings ---------------------------------------------------------------
 
+
 class _Spec(NamedTuple):
     bpp: int  # bytes per pixel in the message
     order: ChannelOrder  # channel order of the decoded pixels
@@ -163,8 +164,7 @@ def _as_buffer(data: Any) -> np.ndarray:
 def _check_max_pixels(height: int, width: int, max_pixels: int | None) -> None:
     if max_pixels is not None and height * width > max_pixels:
         raise ImageConversionError(
-            f"image of {width}x{height} = {height * width} pixels exceeds "
-            f"max_pixels={max_pixels}"
+            f"image of {width}x{height} = {height * width} pixels exceeds max_pixels={max_pixels}"
         )
 
 
@@ -360,13 +360,29 @@ def _jpeg_size(buf: memoryview) -> tuple[int, int] | None:
     return None
 
 
-def _png_size(buf: memoryview) -> tuple[int, int] | None:
-    """(height, width) from the PNG IHDR chunk, or None if the header is malformed."""
-    if len(buf) < 24 or bytes(buf[12:16]) != b"IHDR":
-        return None
-    width = int.from_bytes(buf[16:20], "big")
-    height = int.from_bytes(buf[20:24], "big")
-    return height, width
+def _png_size(buf: memoryview) -> tuple[int, int]:
+    """(height, width) from IHDR, after checking every chunk fits inside the payload.
+
+    OpenCV's PNG reader trusts chunk lengths: a 300-byte PNG whose IDAT claims 2 GB
+    makes it allocate that much and stall for seconds. Walking the chunk headers costs
+    microseconds (hundreds of chunks even for a 720p frame).
+    """
+    n = len(buf)
+    if n < 33 or bytes(buf[12:16]) != b"IHDR" or int.from_bytes(buf[8:12], "big") != 13:
+        raise ImageConversionError(f"corrupt PNG: missing or malformed IHDR ({n} bytes)")
+    i = 8
+    while True:
+        if i + 12 > n:
+            raise ImageConversionError(f"corrupt PNG: truncated at byte {i} of {n}, no IEND")
+        length = int.from_bytes(buf[i : i + 4], "big")
+        if i + 12 + length > n:
+            raise ImageConversionError(
+                f"corrupt PNG: chunk at byte {i} claims {length} bytes, payload has {n}"
+            )
+        if bytes(buf[i + 4 : i + 8]) == b"IEND":
+            break
+        i += 12 + length
+    return int.from_bytes(buf[20:24], "big"), int.from_bytes(buf[16:20], "big")
 
 
 def decode_compressed(
@@ -379,7 +395,8 @@ def decode_compressed(
     The format string gates which codecs are accepted; the payload's magic bytes pick
     the decoder, and anything that is not JPEG/PNG is refused before it reaches OpenCV
     (which would otherwise happily parse TIFF, EXR, ...). With ``max_pixels`` the frame
-    size is read from the header first, so decompression bombs are never decoded.
+    size is read from the PNG IHDR / JPEG SOF header first, so decompression bombs are
+    refused before OpenCV allocates anything; without it there is no size limit.
     """
     codec = _parse_compressed_format(format)
     buf = _as_buffer(data)
@@ -404,8 +421,7 @@ def decode_compressed(
         raise ImageConversionError(f"corrupt compressed image ({format!r}): {exc}") from None
     if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.size == 0:
         raise ImageConversionError(
-            f"corrupt compressed image ({format!r}): OpenCV could not decode "
-            f"{buf.size} bytes"
+            f"corrupt compressed image ({format!r}): OpenCV could not decode {buf.size} bytes"
         )
     _check_max_pixels(bgr.shape[0], bgr.shape[1], max_pixels)
     return DecodedImage(bgr, "bgr")
