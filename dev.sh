@@ -25,7 +25,6 @@ setup() {
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return; fi
   echo "dev.sh: setting up $venv (first run takes a few minutes)" >&2
   [[ -x "$venv/bin/python" ]] || "$(find_python)" -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
   "$venv/bin/python" -m pip install --quiet -r requirements.txt
   "$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"

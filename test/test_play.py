@@ -1,0 +1,258 @@
+"""``seg-perception play`` as its own process, received over DDS by the test process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from seg_perception.image_codec import decode_image_msg
+from seg_perception.tools.play import PROFILE_ENV, find_fastdds_profile, use_fastdds_profile
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Receiver:
+    """An rclpy node in the test process (own context, spinning in a thread) that records
+    every message of the topics it subscribes to."""
+
+    def __init__(self, domain_id: int) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node("test_play_receiver", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._lock = threading.Lock()
+        self._received: dict[str, list[Any]] = {}
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            self.executor.spin()
+        except ExternalShutdownException:
+            pass
+
+    def subscribe(self, topic: str, msg_type: type, reliable: bool = True,
+                  depth: int = 50) -> None:
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE if reliable
+                         else ReliabilityPolicy.BEST_EFFORT)
+        self._received[topic] = []
+
+        def store(msg: Any) -> None:
+            with self._lock:
+                self._received[topic].append(msg)
+
+        self.node.create_subscription(msg_type, topic, store, qos)
+
+    def messages(self, topic: str) -> list[Any]:
+        with self._lock:
+            return list(self._received.get(topic, []))
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        self.context.try_shutdown()
+        self._thread.join(timeout=5.0)
+
+
+def _play_command(*args: str, verbose: bool = False) -> list[str]:
+    return [sys.executable, "-m", "seg_perception.cli", *(["-v"] if verbose else []), "play",
+            *args]
+
+
+def _player_env(env: dict[str, str]) -> dict[str, str]:
+    """The test's ROS domain, and no profile preset: the player must find its own."""
+    env = dict(env)
+    env.pop(PROFILE_ENV, None)
+    env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    return env
+
+
+def _run_player(env: dict[str, str], *args: str, verbose: bool = False
+                ) -> subprocess.CompletedProcess:
+    command = _play_command(*args, "--wait-subscribers", "1", "--wait-timeout", "30",
+                            verbose=verbose)
+    return subprocess.run(command, env=_player_env(env), cwd=REPO, capture_output=True,
+                          text=True, timeout=90)
+
+
+@pytest.fixture
+def probe(ros_env):
+    probe = Receiver(int(ros_env["ROS_DOMAIN_ID"]))
+    yield probe
+    probe.close()
+
+
+def _stamps(messages) -> list[int]:
+    return [m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec for m in messages]
+
+
+def _wait_for(probe: Receiver, topic: str, count: int, timeout: float = 10.0) -> list:
+    """Messages on ``topic`` once ``count`` arrived (or what arrived by the timeout)."""
+    deadline = time.monotonic() + timeout
+    while len(probe.messages(topic)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return probe.messages(topic)
+
+
+def test_folder_frames_arrive_with_size_encoding_frame_id_and_rising_stamps(
+    ros_env, probe, shared, dashcam_still
+):
+    from sensor_msgs.msg import Image
+
+    probe.subscribe("/image", Image)
+    stills = shared / "data" / "dashcam" / "stills"
+    result = _run_player(ros_env, str(stills), "--count", "4", "--rate", "8",
+                         "--frame-id", "dashcam", "--encoding", "bgr8", "--print-frames")
+    assert result.returncode == 0, result.stderr
+    messages = _wait_for(probe, "/image", 4)
+    assert len(messages) == 4
+    assert {(m.width, m.height, m.encoding, m.header.frame_id) for m in messages} == {
+        (1280, 720, "bgr8", "dashcam")
+    }
+    stamps = _stamps(messages)
+    assert stamps == sorted(stamps) and len(set(stamps)) == 4
+    # the pixels survive the trip: bgr8 decoded back to RGB is the still itself
+    decoded = decode_image_msg(messages[1]).to_rgb()
+    np.testing.assert_array_equal(decoded, dashcam_still("test2"))
+    # --print-frames names each frame with the stamp it was published with
+    lines = [line.split() for line in result.stdout.splitlines() if line.startswith("frame ")]
+    assert [line[4] for line in lines] == ["test1.jpg", "test2.jpg", "test3.jpg", "test4.jpg"]
+    printed = [int(line[3].replace(".", "")) for line in lines]
+    assert printed == stamps
+    assert "published 4 frames on /image (1280x720 bgr8, reliable)" in result.stdout
+
+
+def test_video_resized_with_count_default_frame_id(ros_env, probe, shared):
+    from sensor_msgs.msg import Image
+
+    probe.subscribe("/image", Image)
+    video = shared / "data" / "dashcam" / "highway_720p.mp4"
+    result = _run_player(ros_env, str(video), "--count", "10", "--resize", "640x360")
+    assert result.returncode == 0, result.stderr
+    messages = _wait_for(probe, "/image", 10)
+    assert len(messages) == 10
+    assert {(m.width, m.height, m.step, m.encoding, m.header.frame_id) for m in messages} == {
+        (640, 360, 640 * 3, "rgb8", "camera")
+    }
+    assert _stamps(messages) == sorted(_stamps(messages))
+    assert "published 10 frames" in result.stdout
+
+
+def test_bag_plays_with_its_recorded_stamps_and_frame_id(ros_env, probe, shared, tmp_path):
+    from sensor_msgs.msg import Image
+    from test_sources import BAG_STAMPS, _write_bag
+
+    from seg_perception.sources import open_source
+
+    pixels = [f.pixels_rgb for f in open_source(shared / "data" / "dashcam" / "stills")][:3]
+    bag = _write_bag(tmp_path / "bag", pixels, "mcap")
+    probe.subscribe("/image", Image)
+    result = _run_player(ros_env, str(bag), "--keep-stamps")
+    assert result.returncode == 0, result.stderr
+    messages = _wait_for(probe, "/image", 3)
+    assert [(m.header.stamp.sec, m.header.stamp.nanosec) for m in messages] == BAG_STAMPS
+    assert {m.header.frame_id for m in messages} == {"dashcam"}
+    np.testing.assert_array_equal(decode_image_msg(messages[2]).to_rgb(), pixels[2])
+
+
+def test_profile_is_found_and_a_preset_one_wins(tmp_path):
+    profile = find_fastdds_profile()
+    assert profile == REPO / "config" / "fastdds_shm.xml"
+    env: dict[str, str] = {}
+    assert use_fastdds_profile(env) == str(profile)
+    assert env[PROFILE_ENV] == str(profile)
+    mine = str(tmp_path / "mine.xml")
+    env = {PROFILE_ENV: mine}
+    assert use_fastdds_profile(env) == mine and env[PROFILE_ENV] == mine
+
+
+def test_best_effort_720p_arrives_with_the_profile(ros_env, probe, shared):
+    from sensor_msgs.msg import Image
+
+    probe.subscribe("/image", Image, reliable=False, depth=10)
+    video = shared / "data" / "dashcam" / "highway_720p.mp4"
+    result = _run_player(ros_env, str(video), "--reliability", "best_effort",
+                         "--count", "30", "--rate", "30", verbose=True)
+    assert result.returncode == 0, result.stderr
+    assert f"Fast DDS profile: {REPO / 'config' / 'fastdds_shm.xml'}" in result.stderr
+    messages = _wait_for(probe, "/image", 30, timeout=5)
+    assert len(messages) == 30
+    assert {(m.width, m.height) for m in messages} == {(1280, 720)}
+    assert "best_effort" in result.stdout
+
+
+def test_lockstep_waits_for_each_output_and_counts_missing_ones(ros_env, probe, shared):
+    """The test process plays the node: it echoes every frame's header except the third."""
+    from sensor_msgs.msg import Image
+
+    echo = probe.node.create_publisher(Image, "/echo", 10)
+    seen: list[int] = []
+
+    def on_image(msg: Image) -> None:
+        seen.append(len(seen))
+        if len(seen) != 3:
+            echo.publish(Image(header=msg.header))
+
+    probe.node.create_subscription(Image, "/image", on_image, 10)
+    stills = shared / "data" / "dashcam" / "stills"
+    result = _run_player(ros_env, str(stills), "--count", "5", "--rate", "50", "--resize",
+                         "320x180", "--lockstep", "echo", "--lockstep-timeout", "2")
+    assert result.returncode == 0, result.stderr
+    assert len(seen) == 5
+    assert "4/5 outputs came back" in result.stdout
+    assert "no output for frame 2" in result.stderr
+
+
+def test_ctrl_c_stops_cleanly_with_a_summary(ros_env, probe, shared):
+    from sensor_msgs.msg import Image
+
+    probe.subscribe("/image", Image)
+    still = shared / "data" / "dashcam" / "stills" / "test1.jpg"
+    player = subprocess.Popen(
+        _play_command(str(still), "--loop", "--rate", "20", "--wait-subscribers", "1"),
+        env=_player_env(ros_env), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        received = _wait_for(probe, "/image", 5, timeout=60)
+        assert len(received) >= 5  # looping a single image keeps publishing
+    finally:
+        player.send_signal(signal.SIGINT)
+        out, err = player.communicate(timeout=30)
+    assert player.returncode == 0, err
+    assert "Traceback" not in err
+    assert "interrupted" in out and "published" in out
+
+
+def test_missing_source_is_a_one_line_error(ros_env):
+    result = subprocess.run(_play_command("/nonexistent/clip.mp4"), env=_player_env(ros_env),
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "seg-perception play: error: no such file or folder: /nonexistent/clip.mp4"
+    ]
+
+
+def test_module_does_not_import_rclpy():
+    """The profile must be set before rclpy loads, so the tool module itself must not load it."""
+    code = "import sys, seg_perception.tools.play; print('rclpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"}, cwd=Path(REPO))
+    assert out.stdout.strip() == "False", out.stderr
