@@ -1,6 +1,7 @@
 """ament_python package: ``colcon build`` on a ROS 2 install, or ``pip install -e .``."""
 
 from glob import glob
+from os.path import isfile
 
 from setuptools import find_packages, setup
 
@@ -14,7 +15,8 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.*")),
-        ("share/" + package_name + "/config", glob("config/*")),
+        ("share/" + package_name + "/config", [p for p in glob("config/*") if isfile(p)]),
+        ("share/" + package_name + "/config/mappings", glob("config/mappings/*.yaml")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

@@ -31,6 +31,8 @@ import torch
 
 __all__ = [
     "DEFAULT_CORRIDOR",
+    "DEFAULT_MIN_BLOB_FRACTION",
+    "DEFAULT_MIN_COVERAGE",
     "DEFAULT_VEHICLE_CLASS_NAMES",
     "GROUND_TRUTH_MIN_COVERAGE",
     "Corridor",
@@ -44,6 +46,7 @@ __all__ = [
     "ground_truth_vehicle_ahead",
     "resolve_vehicle_class_ids",
     "validate_frames",
+    "validate_min_blob_fraction",
     "validate_min_coverage",
     "validate_vehicle_ids",
 ]
@@ -63,16 +66,23 @@ DEFAULT_CORRIDOR: tuple[tuple[float, float], ...] = (
     (0.55, 0.55),
     (0.45, 0.55),
 )
-DEFAULT_VEHICLE_CLASS_NAMES: tuple[str, ...] = (
-    "car",
-    "truck",
-    "bus",
-    "train",
-    "motorcycle",
-    "bicycle",
-)
-# Ground-truth rule used by the evaluation tool: vehicle ahead iff coverage >= this.
+# Model classes that count as a vehicle. Tuned on CamVid train + val (see README, "Vehicle
+# ahead: the tuned defaults"): the ground truth is CamVid "Car", which holds cars, vans, trucks
+# and buses but not two-wheelers (those are "Bicyclist"); adding motorcycle/bicycle to the
+# prediction only added false alarms (1024x512: F1 0.965 instead of 0.970).
+DEFAULT_VEHICLE_CLASS_NAMES: tuple[str, ...] = ("car", "truck", "bus", "train")
+# Ground-truth rule used by the evaluation tool: vehicle ahead iff coverage >= this. Part of
+# the product definition: fixed, never tuned.
 GROUND_TRUTH_MIN_COVERAGE = 0.05
+# Prediction side: report a vehicle when the (cleaned) predicted coverage reaches this. Swept
+# from 0.02 to 0.08 on CamVid train + val; 0.05 (equal to the ground-truth rule) has the best
+# F1 at every input size within 0.005 of the optimum.
+DEFAULT_MIN_COVERAGE = 0.05
+# Prediction side clean-up: connected groups of vehicle pixels inside the corridor smaller than
+# this fraction of the corridor are ignored. Off by default: on CamVid no value in 0.002..0.03
+# removed a false alarm (they come from large misclassified regions, not specks) while larger
+# values cost true detections of cars cut by the corridor edge. A knob for noisier models.
+DEFAULT_MIN_BLOB_FRACTION = 0.0
 
 # Masks are cached per (vertices, H, W, device); a node sees one or two resolutions, the eval
 # tool a handful, so a small cache bounds memory while avoiding any per-frame geometry work.
@@ -100,6 +110,21 @@ def validate_min_coverage(value: Any) -> float:
     if not 0.0 <= result <= 1.0:
         raise ValueError(f"min_coverage must be in [0, 1] (a fraction, not a percentage), "
                          f"got {result}")
+    return result
+
+
+def validate_min_blob_fraction(value: Any) -> float:
+    """Return `value` as a float in [0, 1); raise ValueError with a reason otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"min_blob_fraction must be a number in [0, 1), got a bool ({value})")
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"min_blob_fraction must be a number in [0, 1), "
+                         f"got {value!r}") from None
+    if not 0.0 <= result < 1.0:  # also rejects NaN
+        raise ValueError(f"min_blob_fraction must be in [0, 1) (a fraction of the corridor's "
+                         f"pixels, 0 = keep every pixel), got {result}")
     return result
 
 
@@ -525,16 +550,23 @@ def corridor_coverage(
     label_map: torch.Tensor | np.ndarray,
     vehicle_ids: Sequence[int],
     corridor: Corridor,
+    min_blob_fraction: float = 0.0,
 ) -> float:
     """Fraction of corridor pixels whose class id is a vehicle id, in [0, 1].
 
     Works on the label map's own device with torch ops and synchronises once (.item()). A
     corridor containing no pixel centre at this resolution, or an empty id set, gives 0.0.
+
+    ``min_blob_fraction`` > 0 is the prediction-side clean-up: 8-connected groups of vehicle
+    pixels inside the corridor with fewer pixels than this fraction of the corridor's pixel
+    count are not counted (isolated misclassified specks). The ground truth never uses it.
+    Being a fraction of the corridor, it means the same at every camera resolution.
     """
     labels = _as_label_tensor(label_map)
     ids = validate_vehicle_ids(vehicle_ids)
     if not isinstance(corridor, Corridor):
         raise ValueError(f"corridor must be a Corridor, got {type(corridor).__name__}")
+    min_blob_fraction = validate_min_blob_fraction(min_blob_fraction)
     height, width = labels.shape
     info = _mask_info(corridor.vertices, int(height), int(width), str(labels.device))
     if info.count == 0 or not ids:
@@ -545,7 +577,23 @@ def corridor_coverage(
     region = labels[info.rows, info.cols]
     hits = torch.isin(region, ids_t)
     hits &= info.cropped
+    if min_blob_fraction > 0.0:
+        return _blob_filtered_count(hits, min_blob_fraction * info.count) / info.count
     return int(torch.count_nonzero(hits).item()) / info.count
+
+
+def _blob_filtered_count(hits: torch.Tensor, min_pixels: float) -> int:
+    """Vehicle pixels in groups of at least ``min_pixels`` (8-connectivity).
+
+    Connected components run on the host (OpenCV, ~1 ms for a 1280x720 corridor box): only
+    the corridor's bounding box of booleans is copied, and only when the clean-up is on.
+    """
+    import cv2  # imported here so that the plain coverage path does not need OpenCV
+
+    mask = hits.to(torch.uint8).cpu().numpy()
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    areas = stats[1:count, cv2.CC_STAT_AREA]  # component 0 is the background
+    return int(areas[areas >= min_pixels].sum())
 
 
 def ground_truth_vehicle_ahead(
@@ -605,9 +653,10 @@ class VehicleAheadConfig:
 
     corridor: Corridor = Corridor(DEFAULT_CORRIDOR)
     vehicle_ids: tuple[int, ...] = ()
-    min_coverage: float = GROUND_TRUTH_MIN_COVERAGE
+    min_coverage: float = DEFAULT_MIN_COVERAGE
     frames_on: int = 1
     frames_off: int = 1
+    min_blob_fraction: float = DEFAULT_MIN_BLOB_FRACTION
 
     def __post_init__(self) -> None:
         corridor = self.corridor
@@ -618,6 +667,8 @@ class VehicleAheadConfig:
         object.__setattr__(self, "min_coverage", validate_min_coverage(self.min_coverage))
         object.__setattr__(self, "frames_on", validate_frames("frames_on", self.frames_on))
         object.__setattr__(self, "frames_off", validate_frames("frames_off", self.frames_off))
+        object.__setattr__(self, "min_blob_fraction",
+                           validate_min_blob_fraction(self.min_blob_fraction))
 
 
 @dataclass(frozen=True)
@@ -659,7 +710,7 @@ class VehicleAheadDetector:
         scene, and dropping a held "vehicle ahead" to False for the planner would be unsafe.
         If frames_on/frames_off changed, the partial streak towards a switch is cleared so the
         new counts apply from a clean start; otherwise the hysteresis is untouched. Corridor,
-        ids and threshold changes take effect on the next frame.
+        ids, threshold and clean-up changes take effect on the next frame.
         """
         if not isinstance(config, VehicleAheadConfig):
             raise ValueError(f"config must be a VehicleAheadConfig, got {type(config).__name__}")
@@ -678,7 +729,8 @@ class VehicleAheadDetector:
     def update(self, label_map: torch.Tensor | np.ndarray) -> VehicleAheadResult:
         """Process one frame's HxW label map."""
         config = self._config
-        coverage = corridor_coverage(label_map, config.vehicle_ids, config.corridor)
+        coverage = corridor_coverage(label_map, config.vehicle_ids, config.corridor,
+                                     config.min_blob_fraction)
         raw = coverage >= config.min_coverage
         with self._lock:
             ahead = self._hysteresis.update(raw)

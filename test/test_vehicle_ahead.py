@@ -11,6 +11,8 @@ import torch
 
 from seg_perception.vehicle_ahead import (
     DEFAULT_CORRIDOR,
+    DEFAULT_MIN_BLOB_FRACTION,
+    DEFAULT_MIN_COVERAGE,
     DEFAULT_VEHICLE_CLASS_NAMES,
     GROUND_TRUTH_MIN_COVERAGE,
     Corridor,
@@ -24,6 +26,7 @@ from seg_perception.vehicle_ahead import (
     ground_truth_vehicle_ahead,
     resolve_vehicle_class_ids,
     validate_frames,
+    validate_min_blob_fraction,
     validate_min_coverage,
 )
 
@@ -232,7 +235,8 @@ def test_error_classes_are_value_errors() -> None:
 
 
 def test_resolve_defaults_cityscapes() -> None:
-    assert resolve_vehicle_class_ids(CITYSCAPES_NAMES) == (13, 14, 15, 16, 17, 18)
+    # Two-wheelers are not vehicles for the decision (CamVid-tuned; see DEFAULT_VEHICLE_...).
+    assert resolve_vehicle_class_ids(CITYSCAPES_NAMES) == (13, 14, 15, 16)
 
 
 def test_resolve_defaults_camvid() -> None:
@@ -265,8 +269,12 @@ def test_resolve_defaults_absent_rejected() -> None:
 
 
 def test_default_names_constant() -> None:
-    assert DEFAULT_VEHICLE_CLASS_NAMES == ("car", "truck", "bus", "train", "motorcycle", "bicycle")
+    assert DEFAULT_VEHICLE_CLASS_NAMES == ("car", "truck", "bus", "train")
     assert GROUND_TRUTH_MIN_COVERAGE == 0.05
+    # The tuned prediction-side defaults are what a default config uses (node, eval, README).
+    config = VehicleAheadConfig()
+    assert config.min_coverage == DEFAULT_MIN_COVERAGE == 0.05
+    assert config.min_blob_fraction == DEFAULT_MIN_BLOB_FRACTION == 0.0
 
 
 # ------------------------------------------------------------------------------------------
@@ -473,6 +481,11 @@ def test_detector_reconfigure_keeps_state() -> None:
         ({"vehicle_ids": (-3,)}, ">= 0"),
         ({"vehicle_ids": (1.5,)}, "integers"),
         ({"corridor": ((0.0, 0.0), (1.0, 1.0))}, "at least 3"),
+        ({"min_blob_fraction": -0.01}, r"\[0, 1\)"),
+        ({"min_blob_fraction": 1.0}, r"\[0, 1\)"),
+        ({"min_blob_fraction": float("nan")}, r"\[0, 1\)"),
+        ({"min_blob_fraction": True}, "bool"),
+        ({"min_blob_fraction": "x"}, "number"),
     ],
 )
 def test_config_validation(kwargs, reason: str) -> None:
@@ -497,6 +510,99 @@ def test_standalone_validators() -> None:
         validate_min_coverage(True)
     with pytest.raises(ValueError, match="frames_off"):
         validate_frames("frames_off", 0)
+    assert validate_min_blob_fraction(0) == 0.0
+    assert validate_min_blob_fraction(np.float32(0.25)) == 0.25
+
+
+# ------------------------------------------------------------------------------------------
+# Prediction-side clean-up (min_blob_fraction)
+# ------------------------------------------------------------------------------------------
+
+
+def _full_corridor() -> Corridor:
+    return Corridor(POLYGONS["full_image"])
+
+
+def test_blob_cleanup_drops_small_groups_only() -> None:
+    labels = np.zeros((20, 20), dtype=np.uint8)  # the corridor is the whole image: 400 px
+    labels[2:12, 2:12] = CAR  # 100 px
+    labels[15:17, 15:17] = CAR  # 4 px speck
+    labels[0, 19] = CAR  # 1 px speck
+    corridor = _full_corridor()
+    assert corridor_coverage(labels, (CAR,), corridor) == 105 / 400
+    assert corridor_coverage(labels, (CAR,), corridor, 0.0) == 105 / 400
+    assert corridor_coverage(labels, (CAR,), corridor, 4 / 400) == 104 / 400  # >= is kept
+    assert corridor_coverage(labels, (CAR,), corridor, 5 / 400) == 100 / 400
+    assert corridor_coverage(labels, (CAR,), corridor, 101 / 400) == 0.0
+
+
+def test_blob_cleanup_uses_8_connectivity_and_all_vehicle_ids() -> None:
+    labels = np.zeros((10, 10), dtype=np.uint8)
+    labels[2, 2] = CAR
+    labels[3, 3] = 14  # diagonal neighbour of another vehicle class: one group of 2
+    corridor = _full_corridor()
+    assert corridor_coverage(labels, (CAR, 14), corridor, 2 / 100) == 2 / 100
+    assert corridor_coverage(labels, (CAR,), corridor, 2 / 100) == 0.0  # alone: 1 px
+
+
+def test_blob_cleanup_counts_only_the_part_inside_the_corridor() -> None:
+    height, width = 40, 64
+    corridor = Corridor(DEFAULT_CORRIDOR)
+    mask = corridor.mask_numpy(height, width)
+    labels = np.full((height, width), CAR, dtype=np.uint8)
+    labels[:, : width // 2 - 1] = 0  # a car straddling the corridor's left edge...
+    inside = int((mask & (labels == CAR)).sum())
+    count = int(mask.sum())
+    assert corridor_coverage(labels, (CAR,), corridor, inside / count) == inside / count
+    assert corridor_coverage(labels, (CAR,), corridor, (inside + 1) / count) == 0.0
+
+
+def test_blob_cleanup_is_resolution_independent() -> None:
+    corridor = Corridor(DEFAULT_CORRIDOR)
+    small = np.zeros((36, 48), dtype=np.uint8)
+    small[30:34, 22:26] = CAR  # a 4x4 block low in the corridor
+    large = np.kron(small, np.ones((10, 10), dtype=np.uint8))  # the same scene at 10x
+    for fraction in (0.0, 0.005, 0.02, 0.05, 0.1):
+        a = corridor_coverage(small, (CAR,), corridor, fraction)
+        b = corridor_coverage(large, (CAR,), corridor, fraction)
+        assert a == pytest.approx(b, abs=0.01)
+    assert corridor_coverage(small, (CAR,), corridor, 0.05) > 0.05  # the block is ~7 %...
+    assert corridor_coverage(large, (CAR,), corridor, 0.1) == 0.0  # ...below 10 %: dropped
+
+
+def test_blob_cleanup_torch_matches_numpy_and_detector_uses_it() -> None:
+    rng = np.random.default_rng(5)
+    labels = (rng.random((60, 80)) < 0.08).astype(np.uint8) * CAR  # salt noise...
+    labels[40:58, 30:50] = CAR  # ...and one real car
+    corridor = Corridor(DEFAULT_CORRIDOR)
+    noisy = corridor_coverage(labels, (CAR,), corridor)
+    clean = corridor_coverage(labels, (CAR,), corridor, 0.01)
+    assert clean < noisy
+    assert corridor_coverage(torch.from_numpy(labels), (CAR,), corridor, 0.01) == clean
+    config = VehicleAheadConfig(corridor, (CAR,), min_coverage=clean, min_blob_fraction=0.01)
+    result = VehicleAheadDetector(config).update(labels)
+    assert result.coverage == clean and result.raw and result.vehicle_ahead
+    above = VehicleAheadConfig(corridor, (CAR,), min_coverage=math.nextafter(clean, 1.0),
+                               min_blob_fraction=0.01)
+    assert not VehicleAheadDetector(above).update(labels).raw
+
+
+def test_reconfigure_changes_cleanup_on_next_frame() -> None:
+    labels = np.zeros((20, 20), dtype=np.uint8)
+    labels[5, 5] = CAR
+    corridor = _full_corridor()
+    detector = VehicleAheadDetector(VehicleAheadConfig(corridor, (CAR,), min_coverage=0.001))
+    assert detector.update(labels).raw
+    detector.reconfigure(VehicleAheadConfig(corridor, (CAR,), min_coverage=0.001,
+                                            min_blob_fraction=0.01))
+    assert detector.update(labels).coverage == 0.0
+
+
+def test_positional_config_fields_keep_their_order() -> None:
+    # The node builds VehicleAheadConfig(corridor, ids, min_coverage, frames_on, frames_off).
+    config = VehicleAheadConfig(Corridor(DEFAULT_CORRIDOR), (CAR,), 0.1, 2, 3)
+    assert (config.min_coverage, config.frames_on, config.frames_off) == (0.1, 2, 3)
+    assert config.min_blob_fraction == DEFAULT_MIN_BLOB_FRACTION
 
 
 # ------------------------------------------------------------------------------------------

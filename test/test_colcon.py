@@ -1,0 +1,169 @@
+"""Packaging: colcon build in a clean workspace, the launch files, the shipped config files."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import types
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_colcon_build_installs_the_executable_launch_and_config_files(tmp_path, ros_env):
+    colcon = Path(sys.executable).with_name("colcon")
+    if not colcon.exists():
+        pytest.skip("colcon is not installed in this environment")
+    command = [
+        str(colcon), "--log-base", str(tmp_path / "log"), "build",
+        "--base-paths", str(REPO), "--packages-select", "seg_perception",
+        "--build-base", str(tmp_path / "build"), "--install-base", str(tmp_path / "install"),
+    ]
+    env = {**ros_env, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    prefix = tmp_path / "install" / "seg_perception"
+    executable = prefix / "lib" / "seg_perception" / "segmentation_node"
+    assert executable.is_file() and os.access(executable, os.X_OK)
+    share = prefix / "share" / "seg_perception"
+    assert (share / "package.xml").is_file()
+    assert (share / "launch" / "segmentation.launch.py").is_file()
+    assert (share / "launch" / "segmentation.launch.xml").is_file()
+    for name in ("segmentation.yaml", "fastdds_shm.xml", "segmentation.rviz"):
+        assert (share / "config" / name).is_file(), name
+    index = prefix / "share" / "ament_index" / "resource_index" / "packages" / "seg_perception"
+    assert index.is_file()
+    site = next((prefix / "lib").glob("python3*/site-packages"))
+    assert (site / "seg_perception" / "node.py").is_file()
+
+    # The installed executable runs the installed node: a bad parameter exits with one line.
+    env["PYTHONPATH"] = str(site)
+    run = subprocess.run([str(executable), "--ros-args", "-p", "overlay_alpha:=5.0"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert run.stderr.strip() == "segmentation_node: error: parameter 'overlay_alpha': " \
+        "5.0 is outside [0, 1]"
+
+
+# --- the Python launch file, run against stand-ins for launch / launch_ros -------------------
+
+
+class _Recorded:
+    """Stand-in for a launch action: remembers its arguments."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.args, self.kwargs = args, kwargs
+
+
+class _LaunchConfiguration:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def perform(self, context: dict[str, str]) -> str:
+        return context[self.name]
+
+
+@pytest.fixture
+def launch_module(monkeypatch, tmp_path):
+    """segmentation.launch.py imported with launch, launch_ros and ament_index stand-ins."""
+    share = tmp_path / "share" / "seg_perception"
+    stubs = {
+        "ament_index_python": {},
+        "ament_index_python.packages": {"get_package_share_directory": lambda name: str(share)},
+        "launch": {},
+        "launch.actions": {"DeclareLaunchArgument": _Recorded, "OpaqueFunction": _Recorded},
+        "launch.launch_context": {"LaunchContext": dict},
+        "launch.launch_description": {"LaunchDescription": _Recorded},
+        "launch.substitutions": {"LaunchConfiguration": _LaunchConfiguration},
+        "launch_ros": {},
+        "launch_ros.actions": {"Node": _Recorded},
+    }
+    for name, attributes in stubs.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(attributes)
+        monkeypatch.setitem(sys.modules, name, module)
+    path = REPO / "launch" / "segmentation.launch.py"
+    spec = importlib.util.spec_from_file_location("segmentation_launch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, share
+
+
+def _launch(module, **arguments):
+    description = module.generate_launch_description()
+    [actions] = description.args
+    declared = {a.args[0]: a.kwargs["default_value"] for a in actions
+                if isinstance(a, _Recorded) and "default_value" in a.kwargs}
+    [opaque] = [a for a in actions if "function" in a.kwargs]
+    [node] = opaque.kwargs["function"]({**declared, **arguments})
+    return declared, node.kwargs
+
+
+def test_launch_file_declares_the_documented_arguments(launch_module):
+    module, share = launch_module
+    declared, node = _launch(module)
+    assert set(declared) >= {"image", "model", "device", "params_file", "namespace"}
+    assert declared["params_file"] == str(share / "config" / "segmentation.yaml")
+    assert node["package"] == "seg_perception" and node["executable"] == "segmentation_node"
+    assert node["name"] == "segmentation"
+    assert node["remappings"] == [("image", "/camera/image_raw")]
+    assert node["parameters"] == [str(share / "config" / "segmentation.yaml")]  # no overrides
+    assert node["additional_env"] == {
+        "FASTDDS_DEFAULT_PROFILES_FILE": str(share / "config" / "fastdds_shm.xml")}
+
+
+def test_launch_arguments_reach_the_node(launch_module):
+    module, _ = launch_module
+    _, node = _launch(module, image="/front/image_raw", model="espnet-camvid", device="cuda:1",
+                      namespace="front", params_file="/tmp/mine.yaml", fastdds_profile="")
+    assert node["remappings"] == [("image", "/front/image_raw")]
+    assert node["namespace"] == "front"
+    assert node["parameters"] == ["/tmp/mine.yaml", {"model": "espnet-camvid",
+                                                     "device": "cuda:1"}]
+    assert node["additional_env"] is None
+
+
+def test_xml_launch_file_matches_the_python_one():
+    root = ET.parse(REPO / "launch" / "segmentation.launch.xml").getroot()
+    args = {a.get("name") for a in root.iter("arg")}
+    assert args >= {"image", "model", "device", "params_file", "namespace"}
+    [node] = root.iter("node")
+    assert (node.get("pkg"), node.get("exec"), node.get("name")) == (
+        "seg_perception", "segmentation_node", "segmentation")
+    assert [r.get("from") for r in node.iter("remap")] == ["image"]
+    assert [e.get("name") for e in node.iter("env")] == ["FASTDDS_DEFAULT_PROFILES_FILE"]
+
+
+# --- shipped configuration -------------------------------------------------------------------
+
+
+def test_fastdds_profile_has_a_large_shm_segment_and_keeps_udp():
+    ns = {"dds": "http://www.eprosima.com"}
+    root = ET.parse(REPO / "config" / "fastdds_shm.xml").getroot()
+    transports = {t.findtext("dds:transport_id", namespaces=ns): t
+                  for t in root.iterfind(".//dds:transport_descriptor", ns)}
+    kinds = {tid: t.findtext("dds:type", namespaces=ns) for tid, t in transports.items()}
+    assert sorted(kinds.values()) == ["SHM", "UDPv4"]
+    [shm] = [t for t in transports.values() if t.findtext("dds:type", namespaces=ns) == "SHM"]
+    assert int(shm.findtext("dds:segment_size", namespaces=ns)) >= 32 * 2**20
+    assert int(shm.findtext("dds:maxMessageSize", namespaces=ns)) >= 16 * 2**20
+    participant = root.find(".//dds:participant", ns)
+    assert participant.get("is_default_profile") == "true"
+    rtps = participant.find("dds:rtps", ns)
+    assert rtps.findtext("dds:useBuiltinTransports", namespaces=ns) == "false"
+    used = [t.text for t in rtps.iterfind("dds:userTransports/dds:transport_id", ns)]
+    assert sorted(used) == sorted(transports)
+
+
+def test_rviz_config_shows_overlay_and_colour_mask():
+    config = yaml.safe_load((REPO / "config" / "segmentation.rviz").read_text())
+    displays = config["Visualization Manager"]["Displays"]
+    topics = {d["Topic"]["Value"] for d in displays if d["Class"].endswith("/Image")}
+    assert topics == {"/segmentation/overlay", "/segmentation/color_mask"}
