@@ -1,0 +1,131 @@
+"""Timing helpers for the benchmark and the soak test (ROS-free, torch-free).
+
+Percentiles come from :class:`seg_perception.runtime.LatencyWindow` (nearest rank), so the
+benchmark and the node's ``/diagnostics`` report latencies the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+
+__all__ = ["StageTimer", "Summary", "per_window", "percentiles_ms", "summarize"]
+
+
+def percentiles_ms(
+    seconds: Iterable[float], points: Sequence[float] = (50, 90, 99)
+) -> dict[float, float]:
+    """Nearest-rank percentiles, in ms, of durations given in seconds (NaN when empty)."""
+    from seg_perception.runtime import LatencyWindow  # the node's definition (imports torch)
+
+    values = list(seconds)
+    window = LatencyWindow(size=max(1, len(values)))
+    for value in values:
+        window.add(value)
+    return window.percentiles_ms(points)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Median, p90, p99 and mean of some durations, in ms."""
+
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    count: int
+
+    def to_json(self, digits: int = 3) -> dict[str, float | int]:
+        return {
+            "p50": round(self.p50, digits), "p90": round(self.p90, digits),
+            "p99": round(self.p99, digits), "mean": round(self.mean, digits),
+            "n": self.count,
+        }
+
+
+def summarize(seconds: Iterable[float]) -> Summary:
+    """:class:`Summary` of durations given in seconds."""
+    values = list(seconds)
+    points = percentiles_ms(values)
+    mean = sum(values) / len(values) * 1e3 if values else math.nan
+    return Summary(points[50], points[90], points[99], mean, len(values))
+
+
+class StageTimer:
+    """Wall time per frame and per named stage, for code that calls ``timer(name)``.
+
+    Wrap each frame in ``with timer.frame():`` (``keep=False`` for warm-up frames) and each
+    stage in ``with timer("name"):``. ``sync`` (e.g. ``torch.cuda.synchronize``) runs at
+    every boundary so that asynchronous device work is charged where it was queued; leave it
+    out on the CPU. ``stages=False`` times whole frames only (no per-stage syncs). Stages
+    entered several times in one frame add up.
+    """
+
+    def __init__(self, sync: Callable[[], object] | None = None, stages: bool = True) -> None:
+        self._sync = sync
+        self._stages = stages
+        self._frame: dict[str, float] = {}
+        self.stages: dict[str, list[float]] = defaultdict(list)
+        self.totals: list[float] = []
+
+    def __call__(self, name: str) -> AbstractContextManager[object]:
+        return self._stage(name) if self._stages else nullcontext()
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        if self._sync is not None:
+            self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self._sync is not None:
+                self._sync()
+            self._frame[name] = self._frame.get(name, 0.0) + time.perf_counter() - start
+
+    @contextmanager
+    def frame(self, keep: bool = True) -> Iterator[None]:
+        """Time one frame; its stages and total are recorded only if ``keep``."""
+        self._frame = {}
+        if self._sync is not None:
+            self._sync()
+        start = time.perf_counter()
+        yield
+        if self._sync is not None:
+            self._sync()
+        elapsed = time.perf_counter() - start
+        if keep:
+            self.totals.append(elapsed)
+            for name, seconds in self._frame.items():
+                self.stages[name].append(seconds)
+        self._frame = {}
+
+    def total(self) -> Summary:
+        """:class:`Summary` of the kept frames' wall times."""
+        return summarize(self.totals)
+
+    def summary(self) -> dict[str, Summary]:
+        """Stage name -> :class:`Summary`, in the order the stages first ran."""
+        return {name: summarize(values) for name, values in self.stages.items()}
+
+
+def per_window(
+    samples: Iterable[tuple[float, float]], window_s: float
+) -> list[tuple[float, Summary]]:
+    """(time, duration) samples grouped into consecutive windows of ``window_s`` seconds.
+
+    Returns (window start, :class:`Summary`) for every window that holds a sample; times are
+    relative to the first sample. The soak test reports latency per minute this way.
+    """
+    ordered = sorted(samples)
+    if not ordered:
+        return []
+    origin = ordered[0][0]
+    buckets: dict[int, list[float]] = defaultdict(list)
+    for when, duration in ordered:
+        buckets[int((when - origin) // window_s)].append(duration)
+    return [(index * window_s, summarize(values)) for index, values in sorted(buckets.items())]
