@@ -7,12 +7,11 @@ The decision itself (which reliability ``input_qos: auto`` picks) is ROS-free an
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-PROFILE_FILE_NAME = "fastdds_shm.xml"
+from seg_perception.fastdds import PROFILE_NAME, find_fastdds_profile
 
 
 def reliability_policy(name: str) -> ReliabilityPolicy:
@@ -54,14 +53,9 @@ def publisher_reliabilities(node: Node, topic: str) -> list[tuple[bytes, str]]:
 
 
 def fastdds_profile_path() -> str:
-    """Where the shipped Fast DDS profile is: the installed share folder, else the checkout."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return str(Path(get_package_share_directory("seg_perception")) / "config" /
-                   PROFILE_FILE_NAME)
-    except Exception:  # noqa: BLE001 - ament_index absent or the package not installed
-        return str(Path(__file__).resolve().parents[1] / "config" / PROFILE_FILE_NAME)
+    """Where the shipped Fast DDS profile is, for hints (a placeholder when not found)."""
+    found = find_fastdds_profile()
+    return str(found) if found else f"<share>/seg_perception/config/{PROFILE_NAME}"
 
 
 def stall_hint(reliability: str) -> str:

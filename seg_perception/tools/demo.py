@@ -32,6 +32,7 @@ from typing import IO, Any
 import cv2
 import numpy as np
 
+from seg_perception.fastdds import use_fastdds_profile
 from seg_perception.image_codec import decode_image_msg
 from seg_perception.models.registry import BUILTIN_MODELS, DEFAULT_MODEL
 from seg_perception.shared_data import dashcam_video, shared_path
@@ -40,7 +41,6 @@ from seg_perception.tools.play import (
     publisher_reliability,
     qos_profile,
     stamp_ns,
-    use_fastdds_profile,
 )
 
 HELP = "the main job: the node and a player over DDS on the dash-cam stills and video"

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import cv2
 
+from seg_perception.fastdds import use_fastdds_profile
 from seg_perception.image_codec import encode_image
 from seg_perception.sources import Frame, FrameSource, open_source
 from seg_perception.tools.common import parse_size
@@ -53,44 +53,11 @@ best-effort 720p images arrive intact on the same host.
 """
 
 NODE_NAME = "seg_perception_player"
-PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"
-PROFILE_NAME = "fastdds_shm.xml"
-PACKAGE = "seg_perception"
 MATCH_SETTLE_S = 0.5  # after --wait-subscribers: discovery completes on the other side
 FINISH_TIMEOUT_S = 5.0  # at the end: how long reliable subscribers may take to acknowledge
 
 
 # --- the Fast DDS profile ----------------------------------------------------------------
-
-
-def find_fastdds_profile() -> Path | None:
-    """The package's Fast DDS profile: source tree first, then the installed share folder."""
-    candidates = [Path(__file__).resolve().parents[2] / "config" / PROFILE_NAME]
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        candidates.append(Path(get_package_share_directory(PACKAGE)) / "config" / PROFILE_NAME)
-    except Exception:  # noqa: BLE001 - not installed with ament, or no ament_index at all
-        pass
-    # pip/colcon put setup.py's data_files under the environment's prefix.
-    candidates.append(Path(sys.prefix) / "share" / PACKAGE / "config" / PROFILE_NAME)
-    return next((path for path in candidates if path.is_file()), None)
-
-
-def use_fastdds_profile(env: MutableMapping[str, str] | None = None) -> str | None:
-    """Point ``env`` (default: this process) at the profile unless one is set; returns it.
-
-    Must run before rclpy creates this process's first participant: Fast DDS reads the
-    variable once, then.
-    """
-    env = os.environ if env is None else env
-    if env.get(PROFILE_ENV):
-        return env[PROFILE_ENV]
-    profile = find_fastdds_profile()
-    if profile is not None:
-        env[PROFILE_ENV] = str(profile)
-        return str(profile)
-    return None
 
 
 # --- QoS helpers (shared with the demo) --------------------------------------------------
