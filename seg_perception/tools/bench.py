@@ -373,7 +373,7 @@ def _helper_size(text: str) -> tuple[int, int]:
 
 def _ros_env(domain_id: int) -> dict[str, str]:
     """A private ROS graph for the benchmark's processes: loopback, own domain, SHM profile."""
-    from seg_perception.qos import fastdds_profile_path
+    from seg_perception.fastdds import use_fastdds_profile
 
     env = dict(os.environ)
     env["ROS_DOMAIN_ID"] = str(domain_id)
@@ -382,9 +382,7 @@ def _ros_env(domain_id: int) -> dict[str, str]:
     env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     env["RCUTILS_LOGGING_BUFFERED_STREAM"] = "0"
     env["RCUTILS_COLORIZED_OUTPUT"] = "0"
-    profile = fastdds_profile_path()
-    if not env.get("FASTDDS_DEFAULT_PROFILES_FILE") and Path(profile).is_file():
-        env["FASTDDS_DEFAULT_PROFILES_FILE"] = profile  # every process publishes big images
+    use_fastdds_profile(env)  # every process of the run publishes camera-sized images
     return env
 
 
