@@ -15,6 +15,7 @@ This is the single place where camera bytes become pixels, so it is on the hot p
 
 from __future__ import annotations
 
+import array
 import functools
 import operator
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ __all__ = [
     "DecodedImage",
     "ImageConversionError",
     "ImageFormatError",
+    "ImageMessageWriter",
     "decode_compressed",
     "decode_compressed_msg",
     "decode_image",
@@ -448,6 +450,12 @@ def encode_image(pixels: np.ndarray, encoding: str) -> tuple[int, int, int, byte
     done): HxWx3 for rgb8/bgr8, HxWx4 for rgba8/bgra8, HxW or HxWx1 for mono8. Rows
     are packed without padding (step = width * channels).
     """
+    arr, step = _packable(pixels, encoding)
+    return arr.shape[0], arr.shape[1], step, arr.tobytes()
+
+
+def _packable(pixels: np.ndarray, encoding: str) -> tuple[np.ndarray, int]:
+    """``pixels`` checked against ``encoding`` (HxW for mono8) and the packed row size."""
     channels = _ENCODE_CHANNELS.get(encoding) if isinstance(encoding, str) else None
     if channels is None:
         raise ImageFormatError(
@@ -465,7 +473,43 @@ def encode_image(pixels: np.ndarray, encoding: str) -> tuple[int, int, int, byte
     height, width = arr.shape[:2]
     if height == 0 or width == 0:
         raise ImageConversionError(f"cannot encode an empty image of shape {arr.shape}")
-    return height, width, width * channels, arr.tobytes()
+    return arr, width * channels
+
+
+class ImageMessageWriter:
+    """Builds sensor_msgs/Image messages of one stream in a reused data buffer.
+
+    A fresh ``Image(data=arr.tobytes())`` per frame costs two multi-megabyte allocations
+    and copies (~1.3 ms for a 1280x720 rgb8 frame on the 2-core CI machine, mostly page
+    faults); copying into a kept ``array('B')`` costs ~0.06 ms. Each message returned shares
+    that buffer, so publish it (rclpy serialises at once) before the next call.
+    ``image_type`` is the message class (rclpy's, or any class with the Image fields).
+    """
+
+    def __init__(self, image_type: Any) -> None:
+        self._image_type = image_type
+        self._data = array.array("B")
+
+    def __call__(self, pixels: np.ndarray, encoding: str, header: Any = None) -> Any:
+        arr, step = _packable(pixels, encoding)
+        if len(self._data) != arr.nbytes:
+            self._data = array.array("B", bytes(arr.nbytes))
+        np.copyto(np.frombuffer(self._data, np.uint8).reshape(arr.shape), arr)
+        msg = self._new_message()
+        if header is not None:
+            msg.header = header
+        msg.height, msg.width, msg.step = arr.shape[0], arr.shape[1], step
+        msg.encoding, msg.is_bigendian = encoding, 0
+        msg.data = self._data
+        return msg
+
+    def _new_message(self) -> Any:
+        # rclpy's setters copy an array unless field checking is on (Jazzy and newer take
+        # ``check_fields``; older releases keep arrays as given and reject the keyword).
+        try:
+            return self._image_type(check_fields=True)
+        except (TypeError, AssertionError):
+            return self._image_type()
 
 
 def encode_compressed(

@@ -275,7 +275,7 @@ class SegmentationNode(Node):
         loaded = load_model(settings.model_source, device=settings.device,
                             precision=settings.precision,
                             device_fallback=settings.device_fallback)
-        return _ActiveModel(loaded, SegmentationPipeline(loaded))
+        return _ActiveModel(loaded, SegmentationPipeline(loaded, cuda_graph=settings.cuda_graph))
 
     @staticmethod
     def _input_size_text(loaded: Any) -> str:
@@ -283,10 +283,15 @@ class SegmentationNode(Node):
         return f"{size[0]}x{size[1]}" if size else "camera size"
 
     def _create_publishers(self) -> None:
+        from seg_perception.image_codec import ImageMessageWriter
+
         profile = qos.stream_profile(self._settings.output_qos, self._settings.output_depth)
         self._label_map_pub = self.create_publisher(Image, LABEL_MAP_TOPIC, profile)
         self._color_mask_pub = self.create_publisher(Image, COLOR_MASK_TOPIC, profile)
         self._overlay_pub = self.create_publisher(Image, OVERLAY_TOPIC, profile)
+        # One reused message buffer per image output (published before it is reused).
+        self._image_writers = {pub: ImageMessageWriter(Image) for pub in
+                               (self._label_map_pub, self._color_mask_pub, self._overlay_pub)}
         self._vehicle_pub = self.create_publisher(Bool, VEHICLE_AHEAD_TOPIC, profile)
         self._coverage_pub = self.create_publisher(Float32, COVERAGE_TOPIC, profile)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
@@ -396,11 +401,14 @@ class SegmentationNode(Node):
             return
         self._note_input_format(frame, decoded.pixels.shape)
         model = self._model
+        want_mask = self._color_mask_pub.get_subscription_count() > 0
+        want_overlay = self._overlay_pub.get_subscription_count() > 0
         try:
-            segmentation = model.pipeline.segment(decoded.pixels, decoded.channel_order)
-            result = self._detector.update(segmentation.label_map)
-            self._publish_outputs(frame.msg.header, segmentation, result,
-                                  settings.overlay_alpha)
+            host = model.pipeline.segment_to_host(
+                decoded.pixels, decoded.channel_order, color_mask=want_mask,
+                overlay_alpha=settings.overlay_alpha if want_overlay else None)
+            result = self._detector.update(host.label_map)
+            self._publish_outputs(frame.msg.header, host, result)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             self._record_failure(f"CUDA out of memory on {model.loaded.device} (frame "
@@ -427,41 +435,27 @@ class SegmentationNode(Node):
         self._stats.on_failed(time.monotonic(), reason)
         self.get_logger().error(reason, throttle_duration_sec=_WARN_THROTTLE_S)
 
-    def _publish_outputs(self, header: Header, segmentation: Any, result: Any,
-                         alpha: float) -> None:
-        """Only outputs with subscribers cost work; the decision is always published."""
-        from seg_perception.pipeline import to_numpy
-
+    def _publish_outputs(self, header: Header, host: Any, result: Any) -> None:
+        """Images only where someone listens (the pipeline computed only those); the decision
+        always. The arrays are the pipeline's reused buffers: publish copies them out."""
         if self._label_map_pub.get_subscription_count():
-            self._publish_image(self._label_map_pub, header,
-                                to_numpy(segmentation.label_map), "mono8")
-        want_mask = self._color_mask_pub.get_subscription_count() > 0
-        want_overlay = self._overlay_pub.get_subscription_count() > 0
-        if want_mask or want_overlay:
-            mask = segmentation.color_mask()
-            if want_mask:
-                self._publish_image(self._color_mask_pub, header, to_numpy(mask), "rgb8")
-            if want_overlay:
-                overlay = segmentation.overlay(alpha, color_mask=mask)
-                self._publish_image(self._overlay_pub, header, to_numpy(overlay), "rgb8")
+            self._publish_image(self._label_map_pub, header, host.label_map, "mono8")
+        if host.color_mask is not None:
+            self._publish_image(self._color_mask_pub, header, host.color_mask, "rgb8")
+        if host.overlay is not None:
+            self._publish_image(self._overlay_pub, header, host.overlay, "rgb8")
         self._vehicle_pub.publish(Bool(data=bool(result.vehicle_ahead)))
         self._coverage_pub.publish(Float32(data=float(result.coverage)))
 
-    @staticmethod
-    def _publish_image(publisher: Any, header: Header, pixels: Any, encoding: str) -> None:
-        from seg_perception.image_codec import encode_image
-
-        height, width, step, data = encode_image(pixels, encoding)
-        publisher.publish(Image(header=header, height=height, width=width, encoding=encoding,
-                                is_bigendian=0, step=step, data=data))
+    def _publish_image(self, publisher: Any, header: Header, pixels: Any, encoding: str) -> None:
+        publisher.publish(self._image_writers[publisher](pixels, encoding, header))
 
     @staticmethod
     def _apply_thread_count(count: int) -> None:
-        """torch CPU threads (0 keeps torch's default); called in each thread that infers."""
-        if count > 0:
-            import torch
+        """torch and OpenCV CPU threads (0 keeps the defaults); in each thread that infers."""
+        from seg_perception.pipeline import configure_threads
 
-            torch.set_num_threads(count)
+        configure_threads(count)
 
     # --- model swap ----------------------------------------------------------------------
 

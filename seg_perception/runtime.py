@@ -89,8 +89,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "of failing."),
     ParamSpec("precision", "auto", "Inference precision; changing it reloads the model.",
               choices=PRECISIONS),
-    ParamSpec("num_threads", 0, "torch CPU threads for inference (0: torch's default).",
-              value_range=(0, 256)),
+    ParamSpec("cuda_graph", False,
+              "On CUDA, capture the whole frame (preprocess to colour outputs) as one CUDA "
+              "graph per frame size and replay it: fewer launches, less CPU. Ignored on the "
+              "CPU; changing it reloads the model."),
+    ParamSpec("num_threads", 0,
+              "CPU threads for torch and OpenCV in the inference thread (0: the libraries' "
+              "defaults).", value_range=(0, 256)),
     ParamSpec("input_transport", "raw",
               "raw: subscribe to 'image' (sensor_msgs/Image); compressed: subscribe to "
               "'image/compressed' (sensor_msgs/CompressedImage, jpeg/png).",
@@ -133,7 +138,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "stalled input.", value_range=(0.5, 3600.0)),
 )
 PARAMETER_SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
-MODEL_PARAMETERS = frozenset({"model", "model_path", "device", "device_fallback", "precision"})
+MODEL_PARAMETERS = frozenset(
+    {"model", "model_path", "device", "device_fallback", "precision", "cuda_graph"}
+)
 VEHICLE_PARAMETERS = frozenset(
     {"corridor", "vehicle_classes", "min_coverage", "frames_on", "frames_off"}
 )
@@ -148,6 +155,7 @@ class Settings:
     device: str
     device_fallback: bool
     precision: str
+    cuda_graph: bool
     num_threads: int
     input_transport: str
     input_qos: str
@@ -212,6 +220,12 @@ def _check_choice(spec: ParamSpec, value: Any) -> str:
     return value
 
 
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ParameterError(name, f"must be true or false, got {value!r}")
+    return value
+
+
 def _check_text(name: str, value: Any, allow_empty: bool) -> str:
     if not isinstance(value, str):
         raise ParameterError(name, f"must be a string, got {value!r}")
@@ -269,15 +283,14 @@ def validate_settings(values: Mapping[str, Any]) -> Settings:
         raise ParameterError(name, "unknown parameter")
     merged = {**default_values(), **values}
     spec = PARAMETER_SPECS
-    fallback = merged["device_fallback"]
-    if not isinstance(fallback, bool):
-        raise ParameterError("device_fallback", f"must be true or false, got {fallback!r}")
+    fallback = _check_bool("device_fallback", merged["device_fallback"])
     return Settings(
         model=_check_text("model", merged["model"], allow_empty=False),
         model_path=_check_text("model_path", merged["model_path"], allow_empty=True),
         device=_check_device(merged["device"], fallback),
         device_fallback=fallback,
         precision=_check_choice(spec["precision"], merged["precision"]),
+        cuda_graph=_check_bool("cuda_graph", merged["cuda_graph"]),
         num_threads=int(_check_number(spec["num_threads"], merged["num_threads"], True)),
         input_transport=_check_choice(spec["input_transport"], merged["input_transport"]),
         input_qos=_check_choice(spec["input_qos"], merged["input_qos"]),

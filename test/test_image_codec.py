@@ -20,6 +20,7 @@ from seg_perception.image_codec import (
     DecodedImage,
     ImageConversionError,
     ImageFormatError,
+    ImageMessageWriter,
     decode_compressed,
     decode_compressed_msg,
     decode_image,
@@ -287,6 +288,36 @@ def test_real_sensor_msgs_image_from_encode_image():
     bgra = np.dstack([RGB_2x4[:, :, ::-1], np.full((2, 4), 9, np.uint8)])
     msg.height, msg.width, msg.step, msg.data = encode_image(bgra, "bgra8")
     np.testing.assert_array_equal(decode_image_msg(msg).to_rgb(), RGB_2x4)
+
+
+def test_message_writer_reuses_one_buffer_and_round_trips(dashcam_still):
+    """The node's output path: real sensor_msgs/Image, one kept buffer, exact pixels."""
+    sensor_msgs_msg = pytest.importorskip("sensor_msgs.msg")
+    std_msgs_msg = pytest.importorskip("std_msgs.msg")
+    write = ImageMessageWriter(sensor_msgs_msg.Image)
+    header = std_msgs_msg.Header(frame_id="camera")
+    first, second = dashcam_still("test1"), dashcam_still("test2")
+    msg = write(first, "rgb8", header)
+    assert (msg.height, msg.width, msg.step, msg.encoding) == (720, 1280, 3840, "rgb8")
+    assert msg.header.frame_id == "camera"
+    np.testing.assert_array_equal(decode_image_msg(msg).pixels, first)
+    buffer = msg.data
+    again = write(second[::-1], "rgb8")  # a non-contiguous view is packed too
+    assert again.data is buffer  # same size: no new allocation
+    np.testing.assert_array_equal(decode_image_msg(again).pixels, second[::-1])
+    labels = write(first[:, :, 0], "mono8")
+    assert (labels.step, len(labels.data)) == (1280, 1280 * 720)
+    np.testing.assert_array_equal(np.frombuffer(labels.data, np.uint8).reshape(720, 1280),
+                                  first[:, :, 0])
+    with pytest.raises(ImageConversionError, match="HxWx3"):
+        write(first[:, :, 0], "rgb8")
+
+
+def test_message_writer_works_with_any_class_with_image_fields():
+    write = ImageMessageWriter(SimpleNamespace)
+    msg = write(RGB_2x4, "bgr8")
+    assert (msg.height, msg.width, msg.step, msg.is_bigendian) == (2, 4, 12, 0)
+    assert bytes(msg.data) == RGB_2x4.tobytes()
 
 
 def test_module_does_not_import_ros():

@@ -691,11 +691,11 @@ class FaultyPipeline:
     def __init__(self, pipeline, error: BaseException, failures: int) -> None:
         self.pipeline, self.error, self.failures = pipeline, error, failures
 
-    def segment(self, *args, **kwargs):
+    def segment_to_host(self, *args, **kwargs):
         if self.failures > 0:
             self.failures -= 1
             raise self.error
-        return self.pipeline.segment(*args, **kwargs)
+        return self.pipeline.segment_to_host(*args, **kwargs)
 
 
 @pytest.fixture

@@ -93,6 +93,7 @@ def test_every_parameter_is_described_and_ranges_fit_defaults():
         ("output_qos", "sensor_data", "not one of reliable, best_effort"),
         ("precision", "int8", "not one of"),
         ("device_fallback", "yes", "true or false"),
+        ("cuda_graph", 1, "true or false"),
         ("no_such_parameter", 1, "unknown parameter"),
     ],
 )

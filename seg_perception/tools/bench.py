@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 
 from seg_perception.benchmarking import StageTimer, Summary, per_window, summarize
-from seg_perception.image_codec import decode_image_msg, encode_image
+from seg_perception.image_codec import ImageMessageWriter, decode_image_msg, encode_image
 from seg_perception.shared_data import dashcam_video, shared_path
 
 HELP = "measure the pipeline stage by stage against the network, a naive pipeline and DDS"
@@ -116,7 +116,8 @@ def _image_type() -> Any:
 
 
 def make_image(pixels: np.ndarray, encoding: str, header: Any = None) -> Any:
-    """A sensor_msgs/Image the way the node builds one (fields in the constructor: fast)."""
+    """A sensor_msgs/Image with its own copy of the pixels (the benchmark's input frames, and
+    the naive pipeline's outputs, built the usual way)."""
     height, width, step, data = encode_image(pixels, encoding)
     image_type = _image_type()
     if image_type is None:
@@ -168,6 +169,8 @@ class OurPipeline:
         self.pipeline = SegmentationPipeline(loaded, cuda_graph=cuda_graph)
         self.detector = VehicleAheadDetector(vehicle_config)
         self.alpha = alpha
+        image_type = _image_type() or SimpleNamespace
+        self.writers = [ImageMessageWriter(image_type) for _ in range(3)]
 
     def __call__(self, msg: Any, timer: Callable[[str], Any]) -> list[Any]:
         with timer("msg_to_array"):
@@ -178,9 +181,10 @@ class OurPipeline:
         with timer("vehicle"):
             self.detector.update(host.label_map)
         with timer("array_to_msg"):
-            return [make_image(host.label_map, "mono8", msg.header),
-                    make_image(host.color_mask, "rgb8", msg.header),
-                    make_image(host.overlay, "rgb8", msg.header)]
+            label_map, color_mask, overlay = self.writers
+            return [label_map(host.label_map, "mono8", msg.header),
+                    color_mask(host.color_mask, "rgb8", msg.header),
+                    overlay(host.overlay, "rgb8", msg.header)]
 
 
 class NaivePipeline:
