@@ -436,16 +436,17 @@ class SegmentationNode(Node):
         self.get_logger().error(reason, throttle_duration_sec=_WARN_THROTTLE_S)
 
     def _publish_outputs(self, header: Header, host: Any, result: Any) -> None:
-        """Images only where someone listens (the pipeline computed only those); the decision
-        always. The arrays are the pipeline's reused buffers: publish copies them out."""
+        """The decision first (always: planners wait on it), then the label map, then the
+        images for people, each only where someone listens. The arrays are the pipeline's
+        reused buffers: publish copies them out."""
+        self._vehicle_pub.publish(Bool(data=bool(result.vehicle_ahead)))
+        self._coverage_pub.publish(Float32(data=float(result.coverage)))
         if self._label_map_pub.get_subscription_count():
             self._publish_image(self._label_map_pub, header, host.label_map, "mono8")
         if host.color_mask is not None:
             self._publish_image(self._color_mask_pub, header, host.color_mask, "rgb8")
         if host.overlay is not None:
             self._publish_image(self._overlay_pub, header, host.overlay, "rgb8")
-        self._vehicle_pub.publish(Bool(data=bool(result.vehicle_ahead)))
-        self._coverage_pub.publish(Float32(data=float(result.coverage)))
 
     def _publish_image(self, publisher: Any, header: Header, pixels: Any, encoding: str) -> None:
         publisher.publish(self._image_writers[publisher](pixels, encoding, header))

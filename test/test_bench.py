@@ -27,7 +27,7 @@ def test_bench_smoke_runs_every_part_and_reports_positive_figures(ros_env, tmp_p
         sys.executable, "-m", "seg_perception.cli", "bench", "--model", "espnet-camvid",
         "--device", "cpu", "--threads", "1", "--sizes", "320x240", "--camera-size", "320x240",
         "--frames", "2", "--warmup", "1", "--node-seconds", "2", "--transport-seconds", "1",
-        "--accuracy-sizes", "240x184", "--accuracy-images", "2", "--no-accuracy-bf16",
+        "--accuracy-sizes", "240x184", "--accuracy-images", "2", "--accuracy-bf16",
         "--domain-id", ros_env["ROS_DOMAIN_ID"], "--json", str(out),
     ]
     done = subprocess.run(command, env=ros_env, capture_output=True, text=True, timeout=240)
@@ -43,8 +43,13 @@ def test_bench_smoke_runs_every_part_and_reports_positive_figures(ros_env, tmp_p
     node = report["node"]["320x240"]
     assert node["frames_out"] > 0 and node["frames_sent"] >= node["frames_out"]
     assert report["transport"]["320x240"]["frames_out"] > 0
-    (row,) = report["accuracy"]
-    assert row["input_size"] == "240x184" and 0 < row["mean_iou"] <= 1 and row["fps"] > 0
+    assert [(r["input_size"], r["precision"]) for r in report["accuracy"]] == [
+        ("240x184", "fp32"), ("240x184", "bf16")]
+    assert all(0 < r["mean_iou"] <= 1 and r["fps"] > 0 for r in report["accuracy"])
+    reference = node["reference_pipeline_ms"]  # timed between the node's frames
+    assert reference["n"] > 0 and reference["p50"] > 0
+    assert set(node["latency_ms_by_output"]) == {
+        "segmentation/label_map", "segmentation/color_mask", "segmentation/overlay"}
     assert "core pipeline" in done.stdout and "naive pipeline" in done.stdout
 
 
