@@ -70,6 +70,7 @@ RAW_TOPIC = "bench/image"
 SKIPPABLE = ("naive", "transport", "node", "accuracy")
 DISTINCT_FRAMES = 12  # frames the DDS publisher cycles through
 NODE_READY_TIMEOUT_S = 180.0
+BRACKET_FRAMES = 8  # in-process pipeline frames timed before and after the node's run
 SETTLE_S = 1.0  # outputs of the first second at a new size are warm-up
 
 
@@ -361,6 +362,25 @@ def measure_core(
     return results
 
 
+def _pipeline_timer(loaded: Any, frames: list[np.ndarray], args: argparse.Namespace,
+                    vehicle_config: Any) -> Callable[[], list[float]]:
+    """A function that times the pipeline on BRACKET_FRAMES frames (after one untimed)."""
+    import torch
+
+    sync = torch.cuda.synchronize if loaded.device.type == "cuda" else None
+    ours = OurPipeline(loaded, vehicle_config, args.alpha, args.cuda_graph)
+    messages = [make_image(f, "rgb8", _header(i)) for i, f in enumerate(frames)]
+
+    def time_pipeline() -> list[float]:
+        timer = StageTimer(sync, stages=False)
+        for index in range(BRACKET_FRAMES + 1):
+            with timer.frame(keep=index > 0):
+                ours(messages[index % len(messages)], timer)
+        return list(timer.totals)
+
+    return time_pipeline
+
+
 def _network_input(pipeline: Any, msg: Any) -> Any:
     """The input tensor the pipeline feeds the network for this frame."""
     decoded = decode_image_msg(msg)
@@ -417,10 +437,6 @@ def publisher_main(argv: Sequence[str]) -> int:
                         help="send the next frame once an Image with this frame's stamp came "
                         "back on TOPIC (the node's full speed, without queueing)")
     parser.add_argument("--lockstep-timeout", type=float, default=10.0)
-    parser.add_argument("--reference", metavar="JSON",
-                        help="lockstep only: before each frame, run the pipeline on it in this "
-                        "process while the node idles (model settings as JSON), so the node "
-                        "and the in-process pipeline are timed over the same seconds")
     args = parser.parse_args(argv)
 
     import rclpy
@@ -433,8 +449,6 @@ def publisher_main(argv: Sequence[str]) -> int:
 
     frames = load_frames([args.size], DISTINCT_FRAMES)[args.size]
     messages = [make_image(f, "rgb8", Header(frame_id="camera")) for f in frames]
-    reference = _reference_pipeline(json.loads(args.reference)) if args.reference else None
-    reference_times: list[tuple[int, float]] = []  # (sent stamp, seconds)
     _ros_init()
     node = rclpy.create_node(f"bench_publisher_{os.getpid()}")
     publisher = node.create_publisher(Image, args.topic, stream_profile("best_effort", 1))
@@ -468,16 +482,10 @@ def publisher_main(argv: Sequence[str]) -> int:
         index = 0
         while time.monotonic() - started < args.seconds:
             msg = messages[index % len(messages)]
-            if reference is not None and echo is not None:
-                start = time.perf_counter()
-                reference(msg, StageTimer(stages=False))  # timed whole, not by stage
-                reference_seconds = time.perf_counter() - start
             now = time.time_ns()
             msg.header.stamp = Time(sec=now // 1_000_000_000, nanosec=now % 1_000_000_000)
             publisher.publish(msg)
             sent.append(now)
-            if reference is not None and echo is not None:
-                reference_times.append((now, reference_seconds))
             index += 1
             if echo is not None:
                 give_up = time.monotonic() + args.lockstep_timeout
@@ -500,23 +508,8 @@ def publisher_main(argv: Sequence[str]) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     args.out.write_text(json.dumps({"sent": sent, "seconds": elapsed, "cpu_seconds": cpu,
-                                    "lockstep_timeouts": timeouts,
-                                    "reference": reference_times}))
+                                    "lockstep_timeouts": timeouts}))
     return 0
-
-
-def _reference_pipeline(settings: dict[str, Any]) -> OurPipeline:
-    """The pipeline as the node runs it, with the node's model settings and thread count."""
-    from seg_perception.models.loading import load_model
-    from seg_perception.pipeline import configure_threads
-    from seg_perception.vehicle_ahead import VehicleAheadConfig, resolve_vehicle_class_ids
-
-    configure_threads(settings["threads"])
-    loaded = load_model(settings["model"], device=settings["device"],
-                        precision=settings["precision"])
-    vehicle_config = VehicleAheadConfig(
-        vehicle_ids=resolve_vehicle_class_ids(loaded.metadata.class_names))
-    return OurPipeline(loaded, vehicle_config, settings["alpha"], settings["cuda_graph"])
 
 
 def subscriber_main(argv: Sequence[str]) -> int:
@@ -602,13 +595,10 @@ class Helpers:
         return self.start(command, role)
 
     def publish(self, size: tuple[int, int], rate: float, seconds: float, topic: str,
-                lockstep: str | None = None, reference: dict | None = None) -> dict:
-        """Run one publisher to the end; its JSON (sent stamps, CPU seconds, reference
-        pipeline times when ``reference`` gives model settings)."""
+                lockstep: str | None = None) -> dict:
+        """Run one publisher to the end; its JSON (sent stamps, CPU seconds)."""
         out = self.path(f"sent-{size_text(size)}.json")
         extra = ["--lockstep", lockstep] if lockstep else []
-        if reference is not None:
-            extra += ["--reference", json.dumps(reference)]
         process, log = self.helper("publisher", "--size", size_text(size), "--rate", str(rate),
                                    "--seconds", str(seconds), "--topic", topic, "--out", str(out),
                                    *extra)
@@ -695,7 +685,6 @@ class StreamResult:
     publisher_cpu: float  # fraction of one core the publisher used
     timeouts: int = 0  # lockstep: frames whose output never came back in time
     samples: list[tuple[float, float]] = field(default_factory=list, repr=False)
-    reference: Summary | None = None  # lockstep: the in-process pipeline, interleaved
     per_output: dict[str, Summary] = field(default_factory=dict)  # topic -> its own latency
 
     @property
@@ -709,8 +698,6 @@ class StreamResult:
             "fps_in": _sig(self.fps_in), "fps_out": _sig(self.fps_out),
             "latency_ms": self.latency.to_json(), "publisher_cpu": _sig(self.publisher_cpu),
             "lockstep_timeouts": self.timeouts,
-            "reference_pipeline_ms": None if self.reference is None
-            else self.reference.to_json(),
             "latency_ms_by_output": {k: v.to_json() for k, v in self.per_output.items()},
         }
 
@@ -732,7 +719,6 @@ def stream_result(size: tuple[int, int], publish: dict, received: dict,
     complete = {s: max(r.values()) for s, r in arrivals.items() if len(r) == topics}
     latencies = [(r - s) / 1e9 for s, r in complete.items()]
     samples = sorted((r / 1e9, (r - s) / 1e9) for s, r in complete.items())
-    reference = [seconds for stamp, seconds in publish.get("reference") or () if stamp >= first]
     per_output = {
         name: summarize([(r[index] - s) / 1e9 for s, r in arrivals.items() if s in complete])
         for index, name in enumerate(received["topics"])
@@ -750,7 +736,6 @@ def stream_result(size: tuple[int, int], publish: dict, received: dict,
         publisher_cpu=publish["cpu_seconds"] / seconds,
         timeouts=publish.get("lockstep_timeouts", 0),
         samples=samples,
-        reference=summarize(reference) if reference else None,
         per_output=per_output,
     )
 
@@ -811,8 +796,14 @@ class NodeProcess:
 
 
 def measure_node(helpers: Helpers, sizes: Sequence[tuple[int, int]], args: argparse.Namespace,
-                 threads: int, log: Callable[[str], None]) -> tuple[dict, dict, dict]:
+                 threads: int, log: Callable[[str], None],
+                 time_pipeline: Callable[[], list[float]]) -> tuple[dict, dict, dict]:
     """Publisher -> the real node -> a subscriber of its three image outputs.
+
+    ``time_pipeline`` times the in-process pipeline on a few camera-size frames; it runs
+    right before and right after the camera-size lockstep run (the node idles meanwhile), so
+    the node's figure is compared with the pipeline at the same minute of the run: this
+    machine's speed drifts by 20 % or more over a few minutes.
 
     At every size the publisher runs at the node's full speed in lockstep (the next frame as
     soon as the previous frame's overlay came back: no queueing, so the latency is the node's
@@ -829,16 +820,14 @@ def measure_node(helpers: Helpers, sizes: Sequence[tuple[int, int]], args: argpa
         subscriber = helpers.subscribe(OUTPUT_TOPICS, "reliable", diagnostics=True)
         subscriber.wait_ready(60.0)
         for size in sizes:
-            reference, seconds, note = None, args.node_seconds, ""
-            if size == args.camera_size:  # the target's comparison, over the same seconds
-                reference = {"model": args.model, "device": args.device,
-                             "precision": args.precision, "threads": threads,
-                             "alpha": args.alpha, "cuda_graph": args.cuda_graph}
-                seconds *= 2  # half of it is the reference's
-                note = ", the in-process pipeline between frames"
-            log(f"  node {size_text(size)}: {seconds:g} s in lockstep{note}")
-            runs["lockstep", size] = helpers.publish(size, 0.0, seconds, "image",
-                                                     lockstep=overlay, reference=reference)
+            bracket = time_pipeline if size == args.camera_size else None
+            before = bracket() if bracket else []
+            log(f"  node {size_text(size)}: {args.node_seconds:g} s in lockstep"
+                + (", the in-process pipeline right before and after" if bracket else ""))
+            runs["lockstep", size] = helpers.publish(size, 0.0, args.node_seconds, "image",
+                                                     lockstep=overlay)
+            if bracket:
+                info["bracket_seconds"] = before + bracket()
         if args.node_rate is None or args.node_rate >= 0:
             rate = args.node_rate or 0.0
             log(f"  node {size_text(args.camera_size)}: {args.node_seconds:g} s at "
@@ -1109,16 +1098,16 @@ def build_report(
         "speedup_vs_naive_met": _met(report["speedup_vs_naive"], TARGET_SPEEDUP, below=False),
     }
     if e2e_p50 is not None and transport_p50 is not None:
-        # Against the in-process pipeline timed between the node's frames (same seconds, same
-        # machine state) when there is one; the core figure was taken earlier in the run.
-        reference = node_here.reference
-        baseline = reference.p50 if reference is not None else pipeline_ms
+        # Against the in-process pipeline timed right before and after the node's run (the
+        # same minute) when there is one; the core figure was taken earlier in the run.
+        bracket = node_info.get("bracket_seconds")
+        baseline = summarize(bracket).p50 if bracket else pipeline_ms
         extra = e2e_p50 - baseline
         budget = transport_p50 + TARGET_NODE_EXTRA_FORWARD_SHARE * forward_ms
         targets.update({"node_extra_ms": _sig(extra), "node_extra_budget_ms": _sig(budget),
                         "node_extra_met": extra <= budget,
-                        "node_extra_baseline": "pipeline interleaved with the node's frames"
-                        if reference is not None else "core pipeline"})
+                        "node_extra_baseline": "pipeline right before and after the node's run"
+                        if bracket else "core pipeline"})
         report["node_reference_pipeline_ms_p50"] = _sig(baseline)
     report["targets"] = targets
     return report
@@ -1210,9 +1199,6 @@ def format_report(report: dict[str, Any], core: list[SizeResult], transport: dic
                     lines.append("    p50 by output: " + ", ".join(
                         f"{name.rsplit('/', 1)[-1]} {lat.p50:.1f}"
                         for name, lat in run.per_output.items()))
-                if run.reference is not None:
-                    lines.append(f"    in-process pipeline between these frames: p50 "
-                                 f"{run.reference.p50:.1f}, p90 {run.reference.p90:.1f}")
     if report["accuracy"]:
         first = report["accuracy"][0]
         lines.append("")
@@ -1375,9 +1361,11 @@ def run(args: argparse.Namespace) -> int:
                                   _log) or {}
             if "node" not in args.skip:
                 _log("the node over DDS:")
+                bracket = _pipeline_timer(loaded, frames[args.camera_size], args,
+                                          vehicle_config)
                 node, node_rate, node_info = _part(
-                    "node", errors, measure_node, helpers, sizes, args, threads, _log) or (
-                    {}, {}, {})
+                    "node", errors, measure_node, helpers, sizes, args, threads, _log,
+                    bracket) or ({}, {}, {})
     if "accuracy" not in args.skip:
         _log("accuracy against speed:")
         accuracy = _part("accuracy", errors, measure_accuracy, args, _log) or []
