@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 
 from seg_perception.device import select_device
+from seg_perception.host_memory import keep_freed_memory
 from seg_perception.models.metadata import EXTRA_FILE_NAME, MetadataError, ModelMetadata
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,10 @@ def load_model(
 
     ``input_size`` (width, height) overrides the network input size of the metadata: a speed /
     accuracy trade-off for fully convolutional networks (sides must suit ``size_multiple``).
+    The process's malloc is set to keep freed memory for the next frame
+    (:func:`~seg_perception.host_memory.keep_freed_memory`).
     """
+    keep_freed_memory()
     target, reason = select_device(device, fallback=device_fallback)
     if reason.startswith("FALLBACK"):
         log.warning("device: %s", reason)

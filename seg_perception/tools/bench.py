@@ -1301,8 +1301,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure here")
 
 
+_STARTED = time.monotonic()
+
+
 def _log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    """Progress on stderr, with the seconds since start (the run should stay under 3 min)."""
+    print(f"[{time.monotonic() - _STARTED:5.0f} s] {text}", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
