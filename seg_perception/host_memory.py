@@ -36,7 +36,8 @@ def keep_freed_memory() -> bool:
     """Make glibc keep freed memory for reuse (once per process); True if it now does.
 
     A no-op off glibc (macOS, musl) and when the environment already sets malloc tunables
-    or preloads another allocator. Call it before the inference thread starts.
+    or preloads another allocator. Call it before the process starts threads: a thread that
+    has already allocated keeps its own arena, which glibc still unmaps when it empties.
     """
     if platform.libc_ver()[0] != "glibc":
         return False

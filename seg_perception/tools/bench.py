@@ -66,6 +66,7 @@ DEFAULT_SIZES = ((640, 480), (1280, 720), (1920, 1080))
 DEFAULT_CAMERA = (1280, 720)
 DEFAULT_ACCURACY_SIZES = ((1024, 512), (768, 384), (512, 256))
 OUTPUT_TOPICS = ("segmentation/label_map", "segmentation/color_mask", "segmentation/overlay")
+LABEL_MAP_OUTPUT = OUTPUT_TOPICS[0]
 RAW_TOPIC = "bench/image"
 SKIPPABLE = ("naive", "transport", "node", "accuracy")
 DISTINCT_FRAMES = 12  # frames the DDS publisher cycles through
@@ -1102,12 +1103,18 @@ def build_report(
         # same minute) when there is one; the core figure was taken earlier in the run.
         bracket = node_info.get("bracket_seconds")
         baseline = summarize(bracket).p50 if bracket else pipeline_ms
-        extra = e2e_p50 - baseline
+        # Judged on the label map, the first image out (what planners consume). The last
+        # output, the overlay, also waits for two more full-size images to cross DDS.
+        first = node_here.per_output.get(LABEL_MAP_OUTPUT)
+        first_p50 = first.p50 if first is not None else e2e_p50
+        extra = first_p50 - baseline
         budget = transport_p50 + TARGET_NODE_EXTRA_FORWARD_SHARE * forward_ms
         targets.update({"node_extra_ms": _sig(extra), "node_extra_budget_ms": _sig(budget),
                         "node_extra_met": extra <= budget,
+                        "node_extra_all_outputs_ms": _sig(e2e_p50 - baseline),
                         "node_extra_baseline": "pipeline right before and after the node's run"
                         if bracket else "core pipeline"})
+        report["node_e2e_label_map_ms_p50"] = _sig(first_p50)
         report["node_reference_pipeline_ms_p50"] = _sig(baseline)
     report["targets"] = targets
     return report
@@ -1223,11 +1230,16 @@ def format_report(report: dict[str, Any], core: list[SizeResult], transport: dic
         f"{report['speedup_vs_naive']}x (target >= {TARGET_SPEEDUP})")
     if "node_extra_ms" in targets:
         lines.append(
-            f"node over DDS: e2e p50 {report['node_e2e_ms_p50']} ms, p99 "
-            f"{report['node_e2e_ms_p99']} ms; beyond the pipeline "
-            f"({targets['node_extra_baseline']}, {report['node_reference_pipeline_ms_p50']} "
-            f"ms) {targets['node_extra_ms']} ms (budget: transport {report['transport_ms_p50']} "
-            f"ms + 10% of forward = {targets['node_extra_budget_ms']} ms)")
+            f"node over DDS: e2e p50 {report['node_e2e_label_map_ms_p50']} ms to the label map, "
+            f"{report['node_e2e_ms_p50']} ms (p99 {report['node_e2e_ms_p99']}) to the last "
+            f"output; the {targets['node_extra_baseline']}: "
+            f"{report['node_reference_pipeline_ms_p50']} ms")
+        verdict = "met" if targets["node_extra_met"] else "MISSED"
+        lines.append(
+            f"  the node adds {targets['node_extra_ms']} ms to the label map (target <= "
+            f"transport {report['transport_ms_p50']} + 10% of forward = "
+            f"{targets['node_extra_budget_ms']} ms: {verdict}), "
+            f"{targets['node_extra_all_outputs_ms']} ms to the last of three images")
     lines.append(f"run took {report['seconds']:.0f} s")
     return "\n".join(lines)
 
