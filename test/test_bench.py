@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from seg_perception.benchmarking import StageTimer, per_window, percentiles_ms, summarize
+from seg_perception.tools.bench import paired_ratio
 
 REQUIRED_KEYS = (
     "device", "camera_size", "forward_ms", "pipeline_ms", "naive_ms", "speedup_vs_naive",
@@ -85,3 +86,11 @@ def test_per_window_groups_samples_by_minute():
     windows = per_window(samples, 60.0)
     assert [start for start, _ in windows] == [0.0, 60.0, 120.0]
     assert [s.count for _, s in windows] == [6, 6, 3]
+
+
+def test_paired_ratio_is_immune_to_drift_between_frames():
+    forward = [0.100, 0.180, 0.120, 0.200, 0.110]  # the machine speeds up and slows down
+    pipeline = [1.1 * f for f in forward]  # always 10 % more, measured on the same frame
+    assert paired_ratio(pipeline, forward) == pytest.approx(1.1)
+    shuffled = [pipeline[i] for i in (3, 0, 4, 1, 2)]  # ratio of unpaired samples: noise
+    assert abs(paired_ratio(shuffled, forward) - 1.1) > 0.05
