@@ -16,6 +16,7 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -132,6 +133,8 @@ class Player:
         self.source = source
         self.args = args
         self.stats = PlayStats()
+        # Set by SIGINT/SIGTERM; every wait checks it, so a stop never lands inside rclpy.
+        self.stop_requested = threading.Event()
         self.executor = SingleThreadedExecutor(context=node.context)
         self.executor.add_node(node)
         self.publisher = node.create_publisher(
@@ -147,7 +150,12 @@ class Player:
         """Sleep while serving callbacks (lockstep echoes)."""
         end = time.monotonic() + seconds
         while (remaining := end - time.monotonic()) > 0:
+            self._check_stop()
             self.executor.spin_once(timeout_sec=min(remaining, 0.05))
+
+    def _check_stop(self) -> None:
+        if self.stop_requested.is_set():
+            raise PlayStopped
 
     def _wait_until(self, done: Callable[[], bool], what: str, timeout: float | None) -> None:
         start = time.monotonic()
@@ -213,6 +221,7 @@ class Player:
     def _wait_for_echo(self, stamp: int) -> bool:
         end = time.monotonic() + self.args.lockstep_timeout
         while self._echoed_stamp != stamp:
+            self._check_stop()
             remaining = end - time.monotonic()
             if remaining <= 0:
                 return False
@@ -260,14 +269,15 @@ class Player:
         period = 1.0 / self.source.rate
         origin: float | None = None  # monotonic time of source time 0
         for frame in self.frames():
+            self._check_stop()
             now = time.monotonic()
             if origin is None:
                 origin = now - frame.time_s
             delay = origin + frame.time_s - now
             if delay > 0 and self._lockstep_sub is not None:
                 self._spin_for(delay)
-            elif delay > 0:
-                time.sleep(delay)
+            elif delay > 0 and self.stop_requested.wait(delay):
+                raise PlayStopped
             elif delay < -period:
                 origin -= delay  # behind schedule: carry on from now instead of bursting
                 self.stats.late += self._lockstep_sub is None  # lockstep: waiting is the point
@@ -368,15 +378,21 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
-    # Python's own SIGINT handling (KeyboardInterrupt) instead of rclpy's, which shuts the
-    # context down under our feet; SIGTERM (e.g. from the demo) ends the player the same way.
+    # Our own SIGINT/SIGTERM handling instead of rclpy's, which shuts the context down under
+    # our feet: once the player exists, a signal only sets a flag that every wait checks.
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
-    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     node = None
     player = None
+    previous = {}
     try:
         node = rclpy.create_node(NODE_NAME)
         player = Player(node, source, args)
+
+        def request_stop(signum: int, frame: Any) -> None:
+            player.stop_requested.set()
+
+        previous = {sig: signal.signal(sig, request_stop)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
         log.info("playing %s on %s", source.description, player.topic)
         if args.lockstep:
             player.setup_lockstep()
@@ -385,7 +401,7 @@ def run(args: argparse.Namespace) -> int:
             player._spin_for(args.start_delay)
         player.play()
         player.finish()
-    except KeyboardInterrupt:
+    except (PlayStopped, KeyboardInterrupt):  # KeyboardInterrupt: Ctrl-C during start-up
         if player is not None:
             player.stats.interrupted = True
     except TimeoutError as exc:
@@ -394,12 +410,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if player is not None:
             print(player.summary(), flush=True)
-        signal.signal(signal.SIGTERM, previous_term)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+class PlayStopped(Exception):
+    """SIGINT or SIGTERM asked the player to stop (raised at the next wait, not in rclpy)."""
