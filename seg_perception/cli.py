@@ -46,6 +46,9 @@ def build_parser(tools: tuple[str, ...] = TOOLS) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from seg_perception.host_memory import keep_freed_memory
+
+    keep_freed_memory()  # before the tools' imports start threads (numpy, OpenCV, rclpy)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -36,8 +36,10 @@ def keep_freed_memory() -> bool:
     """Make glibc keep freed memory for reuse (once per process); True if it now does.
 
     A no-op off glibc (macOS, musl) and when the environment already sets malloc tunables
-    or preloads another allocator. Call it before the process starts threads: a thread that
-    has already allocated keeps its own arena, which glibc still unmaps when it empties.
+    or preloads another allocator. Call it before the process starts threads, that is before
+    importing numpy, OpenCV or rclpy (each starts some): a thread that has already allocated
+    keeps an arena of its own, other threads may later be given it, and glibc unmaps the
+    emptied heaps of such an arena whatever the trim threshold.
     """
     if platform.libc_ver()[0] != "glibc":
         return False

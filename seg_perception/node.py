@@ -23,6 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from seg_perception.host_memory import keep_freed_memory
+
+# First, before rclpy, numpy and OpenCV start threads: a thread that allocates before this
+# gets a malloc arena of its own, and an inference thread that later shares such an arena
+# has its activations unmapped and faulted in again on every frame (see host_memory).
+keep_freed_memory()
+
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (
@@ -695,9 +702,6 @@ def main(args: list[str] | None = None) -> int:
     """
     from rclpy.signals import SignalHandlerOptions
 
-    from seg_perception.host_memory import keep_freed_memory
-
-    keep_freed_memory()  # before rclpy starts DDS threads, so that every thread shares one heap
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     node: SegmentationNode | None = None

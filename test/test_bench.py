@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from seg_perception.benchmarking import StageTimer, per_window, percentiles_ms, summarize
-from seg_perception.tools.bench import paired_ratio
+from seg_perception.tools.bench import paired_extra, paired_ratio, stream_result
 
 REQUIRED_KEYS = (
     "device", "camera_size", "forward_ms", "pipeline_ms", "naive_ms", "speedup_vs_naive",
@@ -47,10 +47,12 @@ def test_bench_smoke_runs_every_part_and_reports_positive_figures(ros_env, tmp_p
     assert [(r["input_size"], r["precision"]) for r in report["accuracy"]] == [
         ("240x184", "fp32"), ("240x184", "bf16")]
     assert all(0 < r["mean_iou"] <= 1 and r["fps"] > 0 for r in report["accuracy"])
-    # The node is compared with the pipeline timed right before and after its run.
-    assert len(report["node_info"]["bracket_seconds"]) == 16
+    # The node is compared frame by frame with the pipeline run on the same frame right after.
+    paired = report["node_info"]["paired"]
+    assert len(paired["pipeline_ms"]) > 0 and min(paired["pipeline_ms"]) > 0
+    assert len(paired["label_map_extra_ms"]) == len(paired["pipeline_ms"])
     assert report["node_reference_pipeline_ms_p50"] > 0
-    assert report["targets"]["node_extra_baseline"].startswith("pipeline right before")
+    assert report["targets"]["node_extra_baseline"].startswith("in-process pipeline on each")
     assert set(node["latency_ms_by_output"]) == {
         "segmentation/label_map", "segmentation/color_mask", "segmentation/overlay"}
     assert "core pipeline" in done.stdout and "naive pipeline" in done.stdout
@@ -94,3 +96,32 @@ def test_paired_ratio_is_immune_to_drift_between_frames():
     assert paired_ratio(pipeline, forward) == pytest.approx(1.1)
     shuffled = [pipeline[i] for i in (3, 0, 4, 1, 2)]  # ratio of unpaired samples: noise
     assert abs(paired_ratio(shuffled, forward) - 1.1) > 0.05
+
+
+def _paired_run() -> tuple[dict, dict, dict[int, float]]:
+    """Three frames 1 s apart (the first is warm-up); each output's receipt in ms after its
+    stamp; the benchmark's own pipeline took 0.1 s on each frame, paused 0.2 s after each."""
+    ms = 1_000_000
+    sent = [0, 1000 * ms, 2000 * ms]
+    received = {"topics": ["segmentation/label_map", "segmentation/overlay"], "records": [
+        [0, 1000 * ms, 1130 * ms], [1, 1000 * ms, 1150 * ms],
+        [0, 2000 * ms, 2120 * ms], [1, 2000 * ms, 2160 * ms],
+    ]}
+    publish = {"sent": sent, "seconds": 3.0, "cpu_seconds": 0.3, "pauses": [0.2, 0.2, 0.2]}
+    return publish, received, {s: 0.1 for s in sent}
+
+
+def test_paired_extra_is_per_frame_latency_minus_the_pipeline_on_that_frame():
+    publish, received, reference = _paired_run()
+    extra = paired_extra(publish, received, reference, settle_s=0.5)
+    assert extra["pipeline_ms"] == [100.0, 100.0]
+    assert extra["label_map_extra_ms"] == pytest.approx([30.0, 20.0])
+    assert extra["last_output_extra_ms"] == pytest.approx([50.0, 60.0])
+
+
+def test_stream_rate_leaves_out_the_pauses_of_a_paired_run():
+    publish, received, _ = _paired_run()
+    result = stream_result((320, 240), publish, received, settle_s=0.5)
+    assert result.received == 2 and result.latency.p50 == pytest.approx(150.0)
+    # last outputs 1.01 s apart, of which 0.2 s was the benchmark's turn after frame 2
+    assert result.fps_out == pytest.approx(1 / 0.81)

@@ -9,7 +9,8 @@ One run measures, side by side on the same real dash-cam frames (the shared vide
   transforms on CPU tensors, the eager model, argmax on the CPU, a numpy palette, an
   ``addWeighted`` blend), vectorised and with the same weights and threads: the baseline;
 * the raw rclpy transport of the same images with no node, then the real node over DDS
-  (a publisher process at full speed, the node, a subscriber process);
+  (a publisher process at full speed, the node, a subscriber process), at the camera size
+  paired frame by frame with this process's pipeline on the same frame;
 * accuracy against speed: the model at several input sizes (and bf16 on the CPU) on CamVid
   val through the evaluation code.
 
@@ -71,7 +72,7 @@ RAW_TOPIC = "bench/image"
 SKIPPABLE = ("naive", "transport", "node", "accuracy")
 DISTINCT_FRAMES = 12  # frames the DDS publisher cycles through
 NODE_READY_TIMEOUT_S = 180.0
-BRACKET_FRAMES = 8  # in-process pipeline frames timed before and after the node's run
+PAIRED_SETTLE_S = 0.01  # after the node's frame, before timing the in-process pipeline
 SETTLE_S = 1.0  # outputs of the first second at a new size are warm-up
 
 
@@ -375,23 +376,25 @@ def measure_core(
     return results
 
 
-def _pipeline_timer(loaded: Any, frames: list[np.ndarray], args: argparse.Namespace,
-                    vehicle_config: Any) -> Callable[[], list[float]]:
-    """A function that times the pipeline on BRACKET_FRAMES frames (after one untimed)."""
+def _frame_timer(loaded: Any, frames: list[np.ndarray], args: argparse.Namespace,
+                 vehicle_config: Any) -> Callable[[int], float]:
+    """A function that times the pipeline on the publisher's frame ``index``: the node's
+    reference, taken right after each of the node's frames (see :func:`measure_node`)."""
     import torch
 
     sync = torch.cuda.synchronize if loaded.device.type == "cuda" else None
     ours = OurPipeline(loaded, vehicle_config, args.alpha, args.cuda_graph)
     messages = [make_image(f, "rgb8", _header(i)) for i, f in enumerate(frames)]
+    timer = StageTimer(sync, stages=False)
+    with timer.frame(keep=False):
+        ours(messages[0], timer)  # this pipeline's own buffers
 
-    def time_pipeline() -> list[float]:
-        timer = StageTimer(sync, stages=False)
-        for index in range(BRACKET_FRAMES + 1):
-            with timer.frame(keep=index > 0):
-                ours(messages[index % len(messages)], timer)
-        return list(timer.totals)
+    def time_frame(index: int) -> float:
+        with timer.frame():
+            ours(messages[index % DISTINCT_FRAMES % len(messages)], timer)
+        return timer.totals[-1]
 
-    return time_pipeline
+    return time_frame
 
 
 def _network_input(pipeline: Any, msg: Any) -> Any:
@@ -450,7 +453,13 @@ def publisher_main(argv: Sequence[str]) -> int:
                         help="send the next frame once an Image with this frame's stamp came "
                         "back on TOPIC (the node's full speed, without queueing)")
     parser.add_argument("--lockstep-timeout", type=float, default=10.0)
+    parser.add_argument("--paired", action="store_true",
+                        help="lockstep: after each frame came back, print 'paired INDEX STAMP' "
+                        "and wait for a line on stdin (the benchmark times its own pipeline "
+                        "on that frame meanwhile); --seconds excludes these pauses")
     args = parser.parse_args(argv)
+    if args.paired and not args.lockstep:
+        parser.error("--paired needs --lockstep")
 
     import rclpy
     from builtin_interfaces.msg import Time
@@ -476,6 +485,7 @@ def publisher_main(argv: Sequence[str]) -> int:
         echo = node.create_subscription(Image, args.lockstep, on_echo,
                                         stream_profile("reliable", 5))
     sent: list[int] = []
+    pauses: list[float] = []  # --paired: after each frame, seconds waiting for the benchmark
     timeouts = 0
     cpu_start = time.process_time()
     started = time.monotonic()
@@ -493,7 +503,7 @@ def publisher_main(argv: Sequence[str]) -> int:
         cpu_start = time.process_time()
         started = next_time = time.monotonic()
         index = 0
-        while time.monotonic() - started < args.seconds:
+        while time.monotonic() - started - sum(pauses) < args.seconds:
             msg = messages[index % len(messages)]
             now = time.time_ns()
             msg.header.stamp = Time(sec=now // 1_000_000_000, nanosec=now % 1_000_000_000)
@@ -505,6 +515,12 @@ def publisher_main(argv: Sequence[str]) -> int:
                 while echoed[0] != now and time.monotonic() < give_up:
                     executor.spin_once(timeout_sec=0.05)
                 timeouts += echoed[0] != now
+                if args.paired:
+                    paused = time.monotonic()
+                    print(f"paired {index - 1} {now}", flush=True)
+                    if not sys.stdin.readline():
+                        break  # the benchmark went away
+                    pauses.append(time.monotonic() - paused)
             elif period:
                 next_time += period
                 delay = next_time - time.monotonic()
@@ -512,16 +528,16 @@ def publisher_main(argv: Sequence[str]) -> int:
                     time.sleep(delay)
                 elif delay < -period:
                     next_time = time.monotonic()  # behind: no catch-up burst
-        elapsed = time.monotonic() - started
+        elapsed = time.monotonic() - started - sum(pauses)
         time.sleep(0.3)
     except KeyboardInterrupt:
-        elapsed = time.monotonic() - started
+        elapsed = time.monotonic() - started - sum(pauses)
     finally:
         cpu = time.process_time() - cpu_start
         node.destroy_node()
         rclpy.try_shutdown()
     args.out.write_text(json.dumps({"sent": sent, "seconds": elapsed, "cpu_seconds": cpu,
-                                    "lockstep_timeouts": timeouts}))
+                                    "lockstep_timeouts": timeouts, "pauses": pauses}))
     return 0
 
 
@@ -596,25 +612,48 @@ class Helpers:
         self._count += 1
         return self.workdir / f"{self._count:02d}-{stem}"
 
-    def start(self, command: list[str], stem: str) -> tuple[subprocess.Popen, Path]:
+    def start(self, command: list[str], stem: str,
+              piped: bool = False) -> tuple[subprocess.Popen, Path]:
+        """``piped``: stdin and stdout are pipes to this process (the log gets stderr)."""
         log = self.path(f"{stem}.log")
         with log.open("wb") as out:
-            process = subprocess.Popen(command, env=self.env, stdout=out,
-                                       stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
+            process = subprocess.Popen(
+                command, env=self.env, stdout=subprocess.PIPE if piped else out,
+                stdin=subprocess.PIPE if piped else None,
+                stderr=out if piped else subprocess.STDOUT, text=piped,
+                preexec_fn=_default_sigint)
         return process, log
 
-    def helper(self, role: str, *args: str) -> tuple[subprocess.Popen, Path]:
+    def helper(self, role: str, *args: str, piped: bool = False) -> tuple[subprocess.Popen, Path]:
         command = [sys.executable, "-m", "seg_perception.tools.bench", role, *args]
-        return self.start(command, role)
+        return self.start(command, role, piped)
 
     def publish(self, size: tuple[int, int], rate: float, seconds: float, topic: str,
-                lockstep: str | None = None) -> dict:
-        """Run one publisher to the end; its JSON (sent stamps, CPU seconds)."""
+                lockstep: str | None = None,
+                between: Callable[[int, int], None] | None = None) -> dict:
+        """Run one publisher to the end; its JSON (sent stamps, CPU seconds).
+
+        With ``lockstep`` and ``between``, ``between(frame index, stamp)`` runs here after
+        each frame came back, before the publisher sends the next one.
+        """
         out = self.path(f"sent-{size_text(size)}.json")
         extra = ["--lockstep", lockstep] if lockstep else []
+        if between is not None:
+            extra.append("--paired")
         process, log = self.helper("publisher", "--size", size_text(size), "--rate", str(rate),
                                    "--seconds", str(seconds), "--topic", topic, "--out", str(out),
-                                   *extra)
+                                   *extra, piped=between is not None)
+        if between is not None:
+            with process.stdin, process.stdout:
+                for line in process.stdout:
+                    words = line.split()
+                    if len(words) == 3 and words[0] == "paired":
+                        between(int(words[1]), int(words[2]))
+                        try:
+                            process.stdin.write("go\n")
+                            process.stdin.flush()
+                        except BrokenPipeError:
+                            break  # the publisher ended; its exit code tells why
         code = process.wait(timeout=seconds + 120)
         if code != 0 or not out.exists():
             raise RuntimeError(f"bench publisher failed ({code}): {_tail(log)}")
@@ -723,12 +762,7 @@ def stream_result(size: tuple[int, int], publish: dict, received: dict,
     topics = len(received["topics"])
     if not sent:
         return StreamResult(size, 0, 0, 0, summarize([]), 0.0, 0.0, 0.0)
-    first = sent[0] + int(settle_s * 1e9)
-    wanted = {s for s in sent if s >= first}
-    arrivals: dict[int, dict[int, int]] = {}
-    for topic, stamp, receipt in received["records"]:
-        if stamp in wanted:
-            arrivals.setdefault(stamp, {})[topic] = receipt
+    wanted, arrivals = _arrivals(sent, received, settle_s)
     complete = {s: max(r.values()) for s, r in arrivals.items() if len(r) == topics}
     latencies = [(r - s) / 1e9 for s, r in complete.items()]
     samples = sorted((r / 1e9, (r - s) / 1e9) for s, r in complete.items())
@@ -737,6 +771,10 @@ def stream_result(size: tuple[int, int], publish: dict, received: dict,
         for index, name in enumerate(received["topics"])
     } if topics > 1 else {}
     span = (max(complete.values()) - min(complete.values())) / 1e9 if len(complete) > 1 else 0
+    if span and publish.get("pauses"):  # a paired run: the benchmark's turns are not the node's
+        pause_after = dict(zip(sent, publish["pauses"], strict=False))
+        span -= sum(pause_after.get(s, 0.0) for s in sent
+                    if min(complete) <= s < max(complete))
     seconds = max(publish["seconds"], 1e-9)
     return StreamResult(
         size=size,
@@ -751,6 +789,40 @@ def stream_result(size: tuple[int, int], publish: dict, received: dict,
         samples=samples,
         per_output=per_output,
     )
+
+
+def _arrivals(sent: list[int], received: dict,
+              settle_s: float) -> tuple[set[int], dict[int, dict[int, int]]]:
+    """The stamps sent after the warm-up, and for each, topic index -> receipt (ns)."""
+    first = sent[0] + int(settle_s * 1e9)
+    wanted = {s for s in sent if s >= first}
+    arrivals: dict[int, dict[int, int]] = {}
+    for topic, stamp, receipt in received["records"]:
+        if stamp in wanted:
+            arrivals.setdefault(stamp, {})[topic] = receipt
+    return wanted, arrivals
+
+
+def paired_extra(publish: dict, received: dict, reference: dict[int, float],
+                 settle_s: float = SETTLE_S) -> dict[str, list[float]]:
+    """Per frame of a paired lockstep run with every output back: the in-process pipeline on
+    that frame (ms), and the node's latency to the label map and to its last output minus it:
+    what the node and DDS add, free of the machine's drift."""
+    topics = received["topics"]
+    label_map = topics.index(LABEL_MAP_OUTPUT) if LABEL_MAP_OUTPUT in topics else 0
+    sent = publish["sent"]
+    if not sent:
+        return {"pipeline_ms": [], "label_map_extra_ms": [], "last_output_extra_ms": []}
+    _, arrivals = _arrivals(sent, received, settle_s)
+    frames = sorted((s, r) for s, r in arrivals.items()
+                    if len(r) == len(topics) and s in reference)
+    return {
+        "pipeline_ms": [_sig(reference[s] * 1e3) for s, _ in frames],
+        "label_map_extra_ms": [_sig((r[label_map] - s) / 1e6 - reference[s] * 1e3)
+                               for s, r in frames],
+        "last_output_extra_ms": [_sig((max(r.values()) - s) / 1e6 - reference[s] * 1e3)
+                                 for s, r in frames],
+    }
 
 
 def measure_transport(helpers: Helpers, sizes: Sequence[tuple[int, int]],
@@ -810,37 +882,41 @@ class NodeProcess:
 
 def measure_node(helpers: Helpers, sizes: Sequence[tuple[int, int]], args: argparse.Namespace,
                  threads: int, log: Callable[[str], None],
-                 time_pipeline: Callable[[], list[float]]) -> tuple[dict, dict, dict]:
+                 time_frame: Callable[[int], float]) -> tuple[dict, dict, dict]:
     """Publisher -> the real node -> a subscriber of its three image outputs.
-
-    ``time_pipeline`` times the in-process pipeline on a few camera-size frames; it runs
-    right before and right after the camera-size lockstep run (the node idles meanwhile), so
-    the node's figure is compared with the pipeline at the same minute of the run: this
-    machine's speed drifts by 20 % or more over a few minutes.
 
     At every size the publisher runs at the node's full speed in lockstep (the next frame as
     soon as the previous frame's overlay came back: no queueing, so the latency is the node's
     own); then, at the camera size, at a fixed camera rate faster than the node (throughput,
     frames the node drops, latency including the wait for the busy node).
+
+    At the camera size the lockstep run is paired: after each of the node's frames,
+    ``time_frame`` times the in-process pipeline on the same frame while the node idles. What
+    the node adds is judged frame by frame against that, so the machine's drift (20 % and
+    more within minutes here) cancels out, as in the core part's ratios.
     """
     node = NodeProcess(helpers, args, threads)
     subscriber = None
     runs: dict[tuple[str, tuple[int, int]], dict] = {}
     info: dict[str, Any] = {}
+    reference: dict[int, float] = {}  # stamp -> in-process pipeline seconds on that frame
     overlay = "/" + OUTPUT_TOPICS[-1]  # the node publishes it last
+
+    def time_reference(index: int, stamp: int) -> None:
+        time.sleep(PAIRED_SETTLE_S)  # the subscriber's last receipt
+        reference[stamp] = time_frame(index)
+
     try:
         node.wait_ready()
         subscriber = helpers.subscribe(OUTPUT_TOPICS, "reliable", diagnostics=True)
         subscriber.wait_ready(60.0)
         for size in sizes:
-            bracket = time_pipeline if size == args.camera_size else None
-            before = bracket() if bracket else []
+            paired = size == args.camera_size
             log(f"  node {size_text(size)}: {args.node_seconds:g} s in lockstep"
-                + (", the in-process pipeline right before and after" if bracket else ""))
-            runs["lockstep", size] = helpers.publish(size, 0.0, args.node_seconds, "image",
-                                                     lockstep=overlay)
-            if bracket:
-                info["bracket_seconds"] = before + bracket()
+                + (", each frame also through the in-process pipeline" if paired else ""))
+            runs["lockstep", size] = helpers.publish(
+                size, 0.0, args.node_seconds, "image", lockstep=overlay,
+                between=time_reference if paired else None)
         if args.node_rate is None or args.node_rate >= 0:
             rate = args.node_rate or 0.0
             log(f"  node {size_text(args.camera_size)}: {args.node_seconds:g} s at "
@@ -854,6 +930,8 @@ def measure_node(helpers: Helpers, sizes: Sequence[tuple[int, int]], args: argpa
         node.stop()
     info["diagnostics"] = received.get("diagnostics", {}) if received else {}
     results = {key: stream_result(key[1], sent, received) for key, sent in runs.items()}
+    if received and ("lockstep", args.camera_size) in runs:
+        info["paired"] = paired_extra(runs["lockstep", args.camera_size], received, reference)
     lockstep = {size: r for (mode, size), r in results.items() if mode == "lockstep"}
     at_rate = {size: r for (mode, size), r in results.items() if mode == "rate"}
     return lockstep, at_rate, info
@@ -1111,21 +1189,26 @@ def build_report(
         "speedup_vs_naive_met": _met(report["speedup_vs_naive"], TARGET_SPEEDUP, below=False),
     }
     if e2e_p50 is not None and transport_p50 is not None:
-        # Against the in-process pipeline timed right before and after the node's run (the
-        # same minute) when there is one; the core figure was taken earlier in the run.
-        bracket = node_info.get("bracket_seconds")
-        baseline = summarize(bracket).p50 if bracket else pipeline_ms
         # Judged on the label map, the first image out (what planners consume). The last
         # output, the overlay, also waits for two more full-size images to cross DDS.
         first = node_here.per_output.get(LABEL_MAP_OUTPUT)
         first_p50 = first.p50 if first is not None else e2e_p50
-        extra = first_p50 - baseline
+        paired = node_info.get("paired") or {}
+        pairs = len(paired.get("pipeline_ms", ()))
+        if pairs:  # frame by frame against the pipeline on that frame
+            baseline = float(np.median(paired["pipeline_ms"]))
+            extra = float(np.median(paired["label_map_extra_ms"]))
+            extra_all = float(np.median(paired["last_output_extra_ms"]))
+        else:  # the core part's figure, taken earlier in the run
+            baseline = pipeline_ms
+            extra, extra_all = first_p50 - baseline, e2e_p50 - baseline
         budget = transport_p50 + TARGET_NODE_EXTRA_FORWARD_SHARE * forward_ms
         targets.update({"node_extra_ms": _sig(extra), "node_extra_budget_ms": _sig(budget),
                         "node_extra_met": extra <= budget,
-                        "node_extra_all_outputs_ms": _sig(e2e_p50 - baseline),
-                        "node_extra_baseline": "pipeline right before and after the node's run"
-                        if bracket else "core pipeline"})
+                        "node_extra_all_outputs_ms": _sig(extra_all),
+                        "node_extra_baseline": (
+                            f"in-process pipeline on each of the node's {pairs} frames right "
+                            "after it" if pairs else "core pipeline")})
         report["node_e2e_label_map_ms_p50"] = _sig(first_p50)
         report["node_reference_pipeline_ms_p50"] = _sig(baseline)
     report["targets"] = targets
@@ -1239,7 +1322,8 @@ def format_report(report: dict[str, Any], core: list[SizeResult], transport: dic
         f"{report['camera_size']}: pipeline {report['pipeline_ms']} ms, forward "
         f"{report['forward_ms']} ms, pipeline/forward {report['pipeline_over_forward']} "
         f"(target <= {TARGET_PIPELINE_OVER_FORWARD}), speed-up vs naive "
-        f"{report['speedup_vs_naive']}x (target >= {TARGET_SPEEDUP})")
+        + (f"{report['speedup_vs_naive']}x" if report["speedup_vs_naive"] else "- (skipped)")
+        + f" (target >= {TARGET_SPEEDUP})")
     if "node_extra_ms" in targets:
         lines.append(
             f"node over DDS: e2e p50 {report['node_e2e_label_map_ms_p50']} ms to the label map, "
@@ -1247,8 +1331,10 @@ def format_report(report: dict[str, Any], core: list[SizeResult], transport: dic
             f"output; the {targets['node_extra_baseline']}: "
             f"{report['node_reference_pipeline_ms_p50']} ms")
         verdict = "met" if targets["node_extra_met"] else "MISSED"
+        per_frame = "median per frame: " if "right after" in targets["node_extra_baseline"] else ""
         lines.append(
-            f"  the node adds {targets['node_extra_ms']} ms to the label map (target <= "
+            f"  the node adds ({per_frame}e2e - pipeline) {targets['node_extra_ms']} ms to the "
+            "label map (target <= "
             f"transport {report['transport_ms_p50']} + 10% of forward = "
             f"{targets['node_extra_budget_ms']} ms: {verdict}), "
             f"{targets['node_extra_all_outputs_ms']} ms to the last of three images")
@@ -1389,11 +1475,11 @@ def run(args: argparse.Namespace) -> int:
                                   _log) or {}
             if "node" not in args.skip:
                 _log("the node over DDS:")
-                bracket = _pipeline_timer(loaded, frames[args.camera_size], args,
+                time_frame = _frame_timer(loaded, frames[args.camera_size], args,
                                           vehicle_config)
                 node, node_rate, node_info = _part(
                     "node", errors, measure_node, helpers, sizes, args, threads, _log,
-                    bracket) or ({}, {}, {})
+                    time_frame) or ({}, {}, {})
     if "accuracy" not in args.skip:
         _log("accuracy against speed:")
         accuracy = _part("accuracy", errors, measure_accuracy, args, _log) or []
