@@ -114,18 +114,22 @@ class StageTimer:
 
 
 def per_window(
-    samples: Iterable[tuple[float, float]], window_s: float
+    samples: Iterable[tuple[float, float]], window_s: float, span_s: float | None = None
 ) -> list[tuple[float, Summary]]:
     """(time, duration) samples grouped into consecutive windows of ``window_s`` seconds.
 
     Returns (window start, :class:`Summary`) for every window that holds a sample; times are
-    relative to the first sample. The soak test reports latency per minute this way.
+    relative to the first sample. With ``span_s`` (the run's planned length), samples past
+    the last whole window join it, so a run's last moments do not form a window of a few
+    samples. The soak test reports latency per minute this way.
     """
     ordered = sorted(samples)
     if not ordered:
         return []
     origin = ordered[0][0]
+    last = None if span_s is None else max(0, int(span_s // window_s) - 1)
     buckets: dict[int, list[float]] = defaultdict(list)
     for when, duration in ordered:
-        buckets[int((when - origin) // window_s)].append(duration)
+        index = int((when - origin) // window_s)
+        buckets[index if last is None else min(index, last)].append(duration)
     return [(index * window_s, summarize(values)) for index, values in sorted(buckets.items())]

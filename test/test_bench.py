@@ -90,6 +90,13 @@ def test_per_window_groups_samples_by_minute():
     assert [s.count for _, s in windows] == [6, 6, 3]
 
 
+def test_per_window_folds_the_runs_last_moments_into_its_last_window():
+    samples = [(t, 0.010) for t in range(0, 121, 10)]  # a 2-minute run, one sample at 120 s
+    windows = per_window(samples, 60.0, span_s=120.0)
+    assert [start for start, _ in windows] == [0.0, 60.0]
+    assert [s.count for _, s in windows] == [6, 7]
+
+
 def test_paired_ratio_is_immune_to_drift_between_frames():
     forward = [0.100, 0.180, 0.120, 0.200, 0.110]  # the machine speeds up and slows down
     pipeline = [1.1 * f for f in forward]  # always 10 % more, measured on the same frame

@@ -1065,7 +1065,7 @@ def run_soak(args: argparse.Namespace, threads: int, log: Callable[[str], None])
     warm = [v for t, v in rss if t >= min(60.0, rss[-1][0] / 2)] or [rss[-1][1]]
     rss_start, rss_end = warm[0], rss[-1][1]
     result = stream_result(size, soak_sent, received, settle_s=0.0)
-    minutes = per_window(result.samples, 60.0)
+    minutes = per_window(result.samples, 60.0, span_s=args.soak * 60.0)
     p99_first = minutes[0][1].p99 if minutes else None
     p99_last = minutes[-1][1].p99 if minutes else None
     return {
