@@ -58,6 +58,31 @@ def test_bench_smoke_runs_every_part_and_reports_positive_figures(ros_env, tmp_p
     assert "core pipeline" in done.stdout and "naive pipeline" in done.stdout
 
 
+def test_soak_smoke_feeds_the_node_past_its_capacity_and_accounts_for_every_frame(
+        ros_env, tmp_path):
+    out = tmp_path / "soak.json"
+    command = [
+        sys.executable, "-m", "seg_perception.cli", "bench", "--model", "espnet-camvid",
+        "--device", "cpu", "--threads", "1", "--camera-size", "320x240", "--soak", "0.25",
+        "--soak-calibrate", "2", "--domain-id", ros_env["ROS_DOMAIN_ID"], "--json", str(out),
+    ]
+    done = subprocess.run(command, env=ros_env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    report = json.loads(out.read_text())
+
+    assert report["camera_size"] == "320x240" and report["node_capacity_fps"] > 0
+    assert report["feed_rate_hz"] == pytest.approx(2 * report["node_capacity_fps"], rel=0.01)
+    assert report["frames_out"] > 0 and report["frames_partial"] == 0
+    # A quarter-minute run is one window holding every frame that came back.
+    [window] = report["latency_ms_per_minute"]
+    assert window["minute"] == 0 and window["n"] == report["frames_out"]
+    assert len(report["rss_mb_series"]) >= 2 and min(v for _, v in report["rss_mb_series"]) > 0
+    diagnostics = report["node_diagnostics"]
+    assert diagnostics["frames_failed"] == "0" and diagnostics["frames_rejected"] == "0"
+    assert int(diagnostics["frames_processed"]) >= report["frames_out"]
+    assert "RSS" in done.stdout and "p99 last minute / first minute" in done.stdout
+
+
 def test_percentiles_match_the_nodes_nearest_rank_definition():
     values = [i / 1000 for i in range(1, 101)]  # 1..100 ms
     points = percentiles_ms(values)
