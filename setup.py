@@ -29,6 +29,7 @@ setup(
         "console_scripts": [
             "seg-perception = seg_perception.cli:main",
             "segmentation_node = seg_perception.node:main",
+            "segmentation_lifecycle_node = seg_perception.node:lifecycle_main",
         ],
     },
 )

@@ -30,6 +30,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from seg_perception.core.vehicle_ahead import (  # noqa: E402
+    DEFAULT_CORRIDOR,
+    DEFAULT_MIN_COVERAGE,
+    Corridor,
+    corridor_coverage,
+    ground_truth_vehicle_ahead,
+    resolve_vehicle_class_ids,
+)
 from seg_perception.evaluation import (  # noqa: E402
     LABEL_SETS,
     ClassMapping,
@@ -43,14 +51,6 @@ from seg_perception.evaluation import (  # noqa: E402
 )
 from seg_perception.shared_data import shared_path, use_shared_torch_home  # noqa: E402
 from seg_perception.tools.common import parse_size  # noqa: E402
-from seg_perception.vehicle_ahead import (  # noqa: E402
-    DEFAULT_CORRIDOR,
-    DEFAULT_MIN_COVERAGE,
-    Corridor,
-    corridor_coverage,
-    ground_truth_vehicle_ahead,
-    resolve_vehicle_class_ids,
-)
 
 VEHICLE_SETS = {
     "car,truck,bus,train": ("car", "truck", "bus", "train"),
@@ -68,8 +68,8 @@ def label_maps(model_name: str, size: tuple[int, int], samples, cache: Path) -> 
         with np.load(path) as data:
             if set(data.files) >= {s.name for s in samples}:
                 return {s.name: data[s.name] for s in samples}
+    from seg_perception.core.pipeline import SegmentationPipeline, to_numpy
     from seg_perception.models import load_model
-    from seg_perception.pipeline import SegmentationPipeline, to_numpy
 
     model = load_model(model_name, device=os.environ.get("TUNE_DEVICE", "cpu"), input_size=size)
     pipeline = SegmentationPipeline(model)

@@ -9,24 +9,13 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
+from seg_perception.core.stats import percentiles_ms
+
 __all__ = ["StageTimer", "Summary", "per_window", "percentiles_ms", "summarize"]
-
-
-def percentiles_ms(
-    seconds: Iterable[float], points: Sequence[float] = (50, 90, 99)
-) -> dict[float, float]:
-    """Nearest-rank percentiles, in ms, of durations given in seconds (NaN when empty)."""
-    from seg_perception.runtime import LatencyWindow  # the node's definition (imports torch)
-
-    values = list(seconds)
-    window = LatencyWindow(size=max(1, len(values)))
-    for value in values:
-        window.add(value)
-    return window.percentiles_ms(points)
 
 
 @dataclass(frozen=True)

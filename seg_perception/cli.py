@@ -54,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="[%(levelname)s] %(message)s",
     )
-    from seg_perception.errors import USER_ERRORS
+    from seg_perception.errors import SegPerceptionError
 
     try:
         return int(args.run(args) or 0)
-    except USER_ERRORS as exc:
+    except (SegPerceptionError, FileNotFoundError) as exc:  # anything else is a bug
         print(f"seg-perception {args.tool}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,10 +6,12 @@ import re
 
 import torch
 
+from seg_perception.errors import SegPerceptionError
+
 _CUDA_SPEC = re.compile(r"^cuda(?::(\d+))?$")
 
 
-class DeviceError(ValueError):
+class DeviceError(SegPerceptionError, ValueError):
     """The requested device is malformed or unavailable (and fallback is off)."""
 
 

@@ -1,23 +1,15 @@
-"""The exception types that mean "the user asked for something impossible".
+"""The project's error base class: a user's impossible request, as opposed to a bug.
 
-Tools print these as one line and exit with status 2; anything else is a bug and keeps its
-traceback.
+Every exception the package raises for bad input, bad files or bad settings derives from
+:class:`SegPerceptionError`; its message is one line that says what to fix. The command-line
+tools print such an error (and a missing or unreadable file) as that one line and exit with
+status 2; anything else is a bug and keeps its traceback.
 """
 
-from seg_perception.device import DeviceError
-from seg_perception.models.export import ExportError
-from seg_perception.models.loading import ModelLoadError
-from seg_perception.models.metadata import MetadataError
-from seg_perception.models.registry import WeightsError
-from seg_perception.shared_data import SharedDataError
 
-USER_ERRORS: tuple[type[Exception], ...] = (
-    DeviceError,
-    ExportError,
-    ModelLoadError,
-    MetadataError,
-    WeightsError,
-    SharedDataError,
-    FileNotFoundError,
-    ValueError,
-)
+class SegPerceptionError(Exception):
+    """Something the user asked for is impossible; ``str()`` says what to fix, in one line."""
+
+
+class UsageError(SegPerceptionError, ValueError):
+    """A command-line argument (or a combination of them) is impossible."""

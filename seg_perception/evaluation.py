@@ -5,9 +5,9 @@ IoU, mean IoU, the confusion matrix) and can the "vehicle ahead" flag be trusted
 decisions against a fixed ground-truth rule, TP/FP/FN/TN, precision, recall, F1, PR curve).
 
 Nothing here re-implements the decision: predictions go through
-:class:`~seg_perception.vehicle_ahead.VehicleAheadDetector` (the node's code, clean-up
+:class:`~seg_perception.core.vehicle_ahead.VehicleAheadDetector` (the node's code, clean-up
 included) and the ground truth through
-:func:`~seg_perception.vehicle_ahead.ground_truth_vehicle_ahead`'s rule on the same corridor
+:func:`~seg_perception.core.vehicle_ahead.ground_truth_vehicle_ahead`'s rule on the same corridor
 rasterisation, so eval and node can never drift apart.
 
 Conventions:
@@ -36,12 +36,8 @@ import cv2
 import numpy as np
 import torch
 
-from seg_perception.models.registry import (
-    CAMVID_CLASSES,
-    CAMVID_PALETTE,
-    CITYSCAPES_CLASSES,
-)
-from seg_perception.vehicle_ahead import (
+from seg_perception.core.labels import CAMVID, CITYSCAPES
+from seg_perception.core.vehicle_ahead import (
     GROUND_TRUTH_MIN_COVERAGE,
     VehicleAheadConfig,
     VehicleAheadDetector,
@@ -119,8 +115,8 @@ class LabelSet:
 LABEL_SETS: dict[str, LabelSet] = {
     "camvid": LabelSet(
         name="camvid",
-        class_names=CAMVID_CLASSES[:11],
-        palette=CAMVID_PALETTE[:11],
+        class_names=CAMVID.class_names[:11],
+        palette=CAMVID.palette[:11],
         vehicle_names=("Car",),
         void_ids=(11,),
     ),
@@ -128,8 +124,8 @@ LABEL_SETS: dict[str, LabelSet] = {
 
 # Known model label sets, recognised by their class names, to pick a shipped mapping file.
 SOURCE_LABEL_SETS: dict[str, tuple[str, ...]] = {
-    "cityscapes": CITYSCAPES_CLASSES,
-    "camvid": CAMVID_CLASSES,
+    "cityscapes": CITYSCAPES.class_names,
+    "camvid": CAMVID.class_names,
 }
 
 
@@ -618,7 +614,7 @@ def run_evaluation(pipeline, samples: Sequence[Sample], evaluator: Evaluator,
                    ) -> Iterator[tuple[FrameRecord, np.ndarray | None]]:
     """Segment each sample exactly as the node does and feed the evaluator.
 
-    ``pipeline`` is a :class:`~seg_perception.pipeline.SegmentationPipeline`; images are
+    ``pipeline`` is a :class:`~seg_perception.core.pipeline.SegmentationPipeline`; images are
     decoded to BGR and segmented with ``channel_order="bgr"``. Yields each frame's record and,
     where ``keep(record)`` is true, its host label map (for the report's contact sheet).
     """
@@ -626,7 +622,7 @@ def run_evaluation(pipeline, samples: Sequence[Sample], evaluator: Evaluator,
     for index, sample in enumerate(samples):
         image = read_image(sample.image)
         truth = read_labels(sample.labels)
-        label_map = pipeline.segment(image, "bgr").label_map
+        label_map = pipeline.segment_to_host(image, "bgr").label_map
         record = evaluator.add(sample.name, label_map, truth)
         # A copy: the pipeline may reuse its output buffers for the next frame.
         kept = label_map.cpu().numpy().copy() if keep is not None and keep(record) else None

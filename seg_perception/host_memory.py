@@ -53,3 +53,17 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     return all(mallopt(option, value) == 1 for option, value in _KEEP)
+
+
+def release_freed_memory() -> bool:
+    """Hand memory that is free in the heap back to the kernel (``malloc_trim``); True if
+    some was. For the rare moment the process stops inferring for good, e.g. a lifecycle
+    cleanup that unloads the model: :func:`keep_freed_memory` otherwise keeps it."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes = (ctypes.c_size_t,)
+    return bool(malloc_trim(0))

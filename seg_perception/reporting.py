@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from seg_perception.core.vehicle_ahead import GROUND_TRUTH_MIN_COVERAGE, Corridor
 from seg_perception.evaluation import EvaluationResult, FrameRecord, read_image
-from seg_perception.vehicle_ahead import GROUND_TRUTH_MIN_COVERAGE, Corridor
 
 __all__ = [
     "FIGURE_NAMES",

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from seg_perception.errors import SegPerceptionError
 
-class SharedDataError(FileNotFoundError):
+
+class SharedDataError(SegPerceptionError, FileNotFoundError):
     """The shared data folder (or a file expected in it) is not there."""
 
 

@@ -7,7 +7,7 @@ own clock, so a consumer can reproduce the source's pacing (a video's fps, a bag
 timing) without knowing what kind of source it is.
 
 Bags are read with ``rosbags`` (no ROS install needed); ``sensor_msgs/msg/Image`` and
-``sensor_msgs/msg/CompressedImage`` become pixels through :mod:`seg_perception.image_codec`,
+``sensor_msgs/msg/CompressedImage`` become pixels through :mod:`seg_perception.core.image_codec`,
 the package's single pixel<->message conversion.
 """
 
@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from seg_perception.image_codec import decode_compressed_msg, decode_image_msg
+from seg_perception.core.image_codec import decode_compressed_msg, decode_image_msg
+from seg_perception.errors import SegPerceptionError
 
 if TYPE_CHECKING:
     from rosbags.rosbag2 import Reader
@@ -35,6 +36,7 @@ __all__ = [
     "BagSource",
     "Frame",
     "FrameSource",
+    "SourceError",
     "ImageFolderSource",
     "SingleImageSource",
     "VideoSource",
@@ -46,6 +48,10 @@ DEFAULT_IMAGE_RATE = 10.0  # Hz for stills, which carry no timing of their own
 IMAGE_MSGTYPE = "sensor_msgs/msg/Image"
 COMPRESSED_MSGTYPE = "sensor_msgs/msg/CompressedImage"
 BAG_SUFFIXES = (".mcap", ".db3")
+
+
+class SourceError(SegPerceptionError, ValueError):
+    """A source cannot be read: its message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -90,9 +96,9 @@ class FrameSource(ABC):
         resize: tuple[int, int] | None = None,
     ) -> None:
         if rate is not None and not rate > 0:
-            raise ValueError(f"rate must be positive, got {rate}")
+            raise SourceError(f"rate must be positive, got {rate}")
         if resize is not None and (len(resize) != 2 or min(resize) < 1):
-            raise ValueError(f"resize must be a positive (width, height), got {resize}")
+            raise SourceError(f"resize must be a positive (width, height), got {resize}")
         self.path = path
         self._rate_override = rate
         self.resize = tuple(resize) if resize is not None else None
@@ -158,7 +164,7 @@ class FrameSource(ABC):
                 )
                 index += 1
             if index == 0:
-                raise ValueError(f"{self.path} has no readable frames")
+                raise SourceError(f"{self.path} has no readable frames")
             if not loop:
                 return
             offset += local + period  # the next pass starts one period after the last frame
@@ -175,7 +181,7 @@ class FrameSource(ABC):
 def _read_image_file(path: Path) -> np.ndarray:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ValueError(f"cannot read image {path} (not an image, or corrupt)")
+        raise SourceError(f"cannot read image {path} (not an image, or corrupt)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -194,7 +200,7 @@ class VideoSource(FrameSource):
         finally:
             capture.release()
         if not ok:
-            raise ValueError(f"cannot decode a frame of video {path}")
+            raise SourceError(f"cannot decode a frame of video {path}")
         # Some containers report no fps; 25 Hz is the common camera default (use --rate).
         self._fps = float(fps) if fps and np.isfinite(fps) and fps > 0 else 25.0
         self._count = count if count > 0 else None
@@ -203,7 +209,7 @@ class VideoSource(FrameSource):
         capture = cv2.VideoCapture(str(self.path))
         if not capture.isOpened():
             capture.release()
-            raise ValueError(f"cannot open video {self.path} (unsupported format or corrupt)")
+            raise SourceError(f"cannot open video {self.path} (unsupported format or corrupt)")
         return capture
 
     @property
@@ -237,7 +243,7 @@ class ImageFolderSource(FrameSource):
             p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
         )
         if not self.files:
-            raise ValueError(f"no {'/'.join(IMAGE_SUFFIXES)} images in folder {path}")
+            raise SourceError(f"no {'/'.join(IMAGE_SUFFIXES)} images in folder {path}")
 
     @property
     def native_rate(self) -> float:
@@ -299,13 +305,13 @@ class BagSource(FrameSource):
             }
             if not image_topics:
                 listed = ", ".join(f"{n} ({i.msgtype})" for n, i in reader.topics.items())
-                raise ValueError(f"bag {path} has no image topics (topics: {listed or 'none'})")
+                raise SourceError(f"bag {path} has no image topics (topics: {listed or 'none'})")
             if topic is None:
                 topic = next(iter(image_topics))
             else:
                 topic = topic if topic.startswith("/") else "/" + topic
                 if topic not in image_topics:
-                    raise ValueError(
+                    raise SourceError(
                         f"bag {path} has no image topic {topic} "
                         f"(image topics: {', '.join(image_topics)})"
                     )
@@ -315,7 +321,7 @@ class BagSource(FrameSource):
             self._count = sum(c.msgcount for c in self._connections)
             duration_ns = reader.duration
         if self._count == 0:
-            raise ValueError(f"topic {topic} of bag {path} has no messages")
+            raise SourceError(f"topic {topic} of bag {path} has no messages")
         # The mean rate over the bag's span: exact for one-topic bags, and read from the
         # metadata instead of scanning every message of a possibly large bag.
         span = duration_ns / 1e9
@@ -332,7 +338,7 @@ class BagSource(FrameSource):
             reader = Reader(self.path)
             reader.open()
         except (ReaderError, KeyError, OSError) as exc:  # bad metadata.yaml, unreadable storage
-            raise ValueError(f"cannot read bag {self.path}: {exc}") from None
+            raise SourceError(f"cannot read bag {self.path}: {exc}") from None
         try:
             yield reader
         finally:
@@ -398,7 +404,7 @@ def open_source(
     if _is_bag(path):
         return BagSource(path, topic=topic, **kwargs)
     if topic is not None:
-        raise ValueError(f"a topic only applies to bags, and {path} is not a rosbag2 bag")
+        raise SourceError(f"a topic only applies to bags, and {path} is not a rosbag2 bag")
     if path.is_dir():
         return ImageFolderSource(path, **kwargs)
     if path.suffix.lower() in IMAGE_SUFFIXES:

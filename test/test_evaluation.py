@@ -1,7 +1,7 @@
 """``seg-perception eval`` and its core on a small real CamVid subset.
 
 Every metric is checked against a straightforward computation written here, independent of
-seg_perception.evaluation and of the corridor code in seg_perception.vehicle_ahead: per-class
+seg_perception.evaluation and of the corridor code in seg_perception.core.vehicle_ahead: per-class
 boolean masks for IoU, a row-by-row even-odd ray cast in exact rationals for the corridor, and
 plain counting for the vehicle-ahead decision.
 """
@@ -21,6 +21,8 @@ import pytest
 import torch
 
 from seg_perception.cli import build_parser
+from seg_perception.core.pipeline import SegmentationPipeline
+from seg_perception.core.vehicle_ahead import VehicleAheadConfig, resolve_vehicle_class_ids
 from seg_perception.evaluation import (
     LABEL_SETS,
     ClassMapping,
@@ -36,8 +38,6 @@ from seg_perception.evaluation import (
     run_evaluation,
 )
 from seg_perception.models.registry import CAMVID_CLASSES, CITYSCAPES_CLASSES
-from seg_perception.pipeline import SegmentationPipeline
-from seg_perception.vehicle_ahead import VehicleAheadConfig, resolve_vehicle_class_ids
 
 # A clear vehicle ahead (TP), a dark car the Cityscapes model calls "background" (FN for it),
 # a shop front it calls truck/bus (FP for it), and three val frames (no vehicle ahead).

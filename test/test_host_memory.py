@@ -19,7 +19,7 @@ from seg_perception.host_memory import keep_freed_memory
 keep_freed_memory()  # first: importing cv2 starts a thread
 import cv2
 from seg_perception.models.loading import load_model
-from seg_perception.pipeline import SegmentationPipeline
+from seg_perception.core.pipeline import SegmentationPipeline
 frame = cv2.cvtColor(cv2.imread(sys.argv[1]), cv2.COLOR_BGR2RGB)
 model = load_model("espnet-cityscapes", device="cpu")
 faults = []

@@ -1,4 +1,4 @@
-"""Unit tests for seg_perception.image_codec: known pixel values, zero-copy, malformed input."""
+"""Unit tests for seg_perception.core.image_codec: known pixel values, zero-copy, bad input."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from seg_perception import image_codec
-from seg_perception.image_codec import (
+from seg_perception.core import image_codec
+from seg_perception.core.image_codec import (
     SUPPORTED_ENCODINGS,
     DecodedImage,
     ImageConversionError,
@@ -322,7 +322,7 @@ def test_message_writer_works_with_any_class_with_image_fields():
 
 def test_module_does_not_import_ros():
     code = (
-        "import sys, seg_perception.image_codec; "
+        "import sys, seg_perception.core.image_codec; "
         "bad = [m for m in ('rclpy', 'sensor_msgs') if m in sys.modules]; "
         "sys.exit(str(bad) if bad else 0)"
     )

@@ -36,13 +36,12 @@ from ros_helpers import (
     write_messages,
 )
 
-from seg_perception.image_codec import encode_compressed
-from seg_perception.models.registry import (
-    CAMVID_CLASSES,
-    CITYSCAPES_CLASSES,
-    CITYSCAPES_PALETTE,
-)
-from seg_perception.vehicle_ahead import Corridor, corridor_coverage, resolve_vehicle_class_ids
+from seg_perception.core.corridor import Corridor
+from seg_perception.core.image_codec import encode_compressed
+from seg_perception.core.labels import CAMVID, CITYSCAPES
+from seg_perception.core.vehicle_ahead import corridor_coverage, resolve_vehicle_class_ids
+
+CAMVID_CLASSES, CITYSCAPES_CLASSES = CAMVID.class_names, CITYSCAPES.class_names
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "config" / "segmentation.yaml"
@@ -264,7 +263,7 @@ def test_every_output_matches_its_input_frame(domain, workdir, probe, city, stil
     by_id = {name: {m.header.frame_id: m for m in probe.messages(city.topic(f"segmentation/"
                                                                             f"{name}"))}
              for name in ("color_mask", "overlay")}
-    palette = np.array(CITYSCAPES_PALETTE, np.uint8)
+    palette = np.array(CITYSCAPES.palette, np.uint8)
     vehicle_ids = resolve_vehicle_class_ids(CITYSCAPES_CLASSES)
     coverages = [m.data for m in probe.messages(city.topic("vehicle_ahead/coverage"))]
     checked_images = 0
@@ -698,12 +697,18 @@ class FaultyPipeline:
         return self.pipeline.segment_to_host(*args, **kwargs)
 
 
+class StartFailed(RuntimeError):
+    """configure or activate of an in-process node failed (the message is the node's reason)."""
+
+
 @pytest.fixture
 def local_node(ros_env):
-    """A SegmentationNode in this process (no spinning needed: frames are fed directly)."""
+    """A configured and active SegmentationNode in this process (no spinning needed: frames
+    are fed to its input directly)."""
     import rclpy
+    from rclpy.lifecycle import TransitionCallbackReturn
 
-    from seg_perception.node import SegmentationNode
+    from seg_perception.node.node import SegmentationNode
 
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=int(ros_env["ROS_DOMAIN_ID"]))
@@ -714,8 +719,11 @@ def local_node(ros_env):
 
         params = [Parameter(k, value=v) for k, v in {"model": "espnet-camvid",
                                                       **overrides}.items()]
-        node = SegmentationNode(context=context, parameter_overrides=params)
+        node = SegmentationNode(managed=False, context=context, parameter_overrides=params)
         nodes.append(node)
+        for transition in (node.trigger_configure, node.trigger_activate):
+            if transition() != TransitionCallbackReturn.SUCCESS:
+                raise StartFailed(node.problem)
         return node
 
     yield make
@@ -735,17 +743,19 @@ class Capture:
 
 def _diagnose(node) -> tuple[bytes, dict[str, str], str]:
     capture = Capture()
-    node._diagnostics_pub = capture
+    node._diagnostics = capture
     node._publish_diagnostics()
     [status] = capture.messages[-1].status
     return status.level, diagnostic_values(status), status.message
 
 
 def _feed(node, frame_msg, until, timeout: float = 20.0) -> None:
+    """Hand frames to the node's input (as its subscription would) until ``until()``."""
     deadline = time.monotonic() + timeout
+    camera_input = node._cameras[""].input
     while not until():
         assert time.monotonic() < deadline, "the worker did not get there"
-        node._on_frame(frame_msg)
+        camera_input._receive(frame_msg)
         time.sleep(0.1)
 
 
@@ -763,18 +773,18 @@ def test_inference_errors_are_reported_and_the_node_recovers(local_node, stills)
     import torch
     from sensor_msgs.msg import Image
 
-    from seg_perception.node import _ActiveModel
+    from seg_perception.node.model_manager import ActiveModel
 
     node = local_node()
     msg = raw_image(cv2.resize(stills["test1"], (480, 360)), "rgb8")
     frame = Image(encoding=msg.encoding, height=msg.height, width=msg.width, step=msg.step,
                   data=msg.data)
-    stats = node._stats
-    real = node._model
+    stats = node._cameras[""].stats
+    real = node._models.active
     for error, reason in ((RuntimeError("boom in the network"), "boom in the network"),
                           (torch.cuda.OutOfMemoryError("CUDA out of memory."), "out of memory")):
         faulty = FaultyPipeline(real.pipeline, error, failures=10**6)
-        node._model = _ActiveModel(real.loaded, faulty)
+        node._models.active = ActiveModel(real.loaded, faulty)
         failed = stats.failed
         _feed(node, frame, lambda f=failed: stats.failed >= f + 3)
         level, values, message = _diagnose(node)
@@ -792,12 +802,10 @@ def test_inference_errors_are_reported_and_the_node_recovers(local_node, stills)
 def test_missing_cuda_falls_back_to_cpu_with_a_warning(local_node):
     import torch
 
-    from seg_perception.node import StartupError
-
     if torch.cuda.is_available():
         pytest.skip("needs a machine without CUDA")
     node = local_node(device="cuda")
     level, values, message = _diagnose(node)
     assert values["device"] == "cpu" and level == b"\x01" and "FALLBACK" in message
-    with pytest.raises(StartupError, match="fallback is off"):
+    with pytest.raises(StartFailed, match="fallback is off"):
         local_node(device="cuda", device_fallback=False)

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from seg_perception.core.image_codec import decode_image_msg
 from seg_perception.fastdds import PROFILE_ENV, find_fastdds_profile, use_fastdds_profile
-from seg_perception.image_codec import decode_image_msg
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from seg_perception.image_codec import encode_compressed, encode_image
+from seg_perception.core.image_codec import encode_compressed, encode_image
 from seg_perception.sources import (
     BagSource,
     ImageFolderSource,

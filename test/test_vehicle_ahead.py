@@ -1,4 +1,5 @@
-"""Tests for seg_perception.vehicle_ahead (ROS-free; runs on CPU, CUDA checks skip without GPU)."""
+"""Tests for seg_perception.core.corridor and .vehicle_ahead (ROS-free; CUDA checks skip without
+a GPU)."""
 
 from __future__ import annotations
 
@@ -9,25 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from seg_perception.vehicle_ahead import (
-    DEFAULT_CORRIDOR,
+from seg_perception.core.corridor import DEFAULT_CORRIDOR, Corridor, CorridorError
+from seg_perception.core.vehicle_ahead import (
     DEFAULT_MIN_BLOB_FRACTION,
     DEFAULT_MIN_COVERAGE,
     DEFAULT_VEHICLE_CLASS_NAMES,
     GROUND_TRUTH_MIN_COVERAGE,
-    Corridor,
-    CorridorError,
     Hysteresis,
     VehicleAheadConfig,
     VehicleAheadDetector,
     VehicleAheadResult,
     VehicleClassError,
+    check_in_range,
     corridor_coverage,
     ground_truth_vehicle_ahead,
     resolve_vehicle_class_ids,
-    validate_frames,
-    validate_min_blob_fraction,
-    validate_min_coverage,
 )
 
 CITYSCAPES_NAMES = (
@@ -474,7 +471,7 @@ def test_detector_reconfigure_keeps_state() -> None:
     [
         ({"min_coverage": -0.1}, r"\[0, 1\]"),
         ({"min_coverage": 1.5}, r"\[0, 1\]"),
-        ({"min_coverage": float("nan")}, "NaN"),
+        ({"min_coverage": float("nan")}, "nan"),
         ({"min_coverage": "x"}, "number"),
         ({"frames_on": 0}, "frames_on"),
         ({"frames_off": 0}, "frames_off"),
@@ -503,15 +500,16 @@ def test_config_normalisation() -> None:
     assert VehicleAheadConfig().corridor.vertices == DEFAULT_CORRIDOR
 
 
-def test_standalone_validators() -> None:
-    assert validate_min_coverage(1) == 1.0
-    assert validate_frames("frames_on", 4) == 4
+def test_range_check_names_the_setting_and_the_range() -> None:
+    assert check_in_range("min_coverage", 1, 0.0, 1.0) == 1.0
+    assert check_in_range("frames_on", 4, 1, 1000, integral=True) == 4
     with pytest.raises(ValueError, match="bool"):
-        validate_min_coverage(True)
-    with pytest.raises(ValueError, match="frames_off"):
-        validate_frames("frames_off", 0)
-    assert validate_min_blob_fraction(0) == 0.0
-    assert validate_min_blob_fraction(np.float32(0.25)) == 0.25
+        check_in_range("min_coverage", True, 0.0, 1.0)
+    with pytest.raises(ValueError, match=r"frames_off must be in \[1, 1000\]"):
+        check_in_range("frames_off", 0, 1, 1000, integral=True)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        check_in_range("min_blob_fraction", 1.0, 0.0, 1.0, high_open=True)
+    assert check_in_range("min_blob_fraction", np.float32(0.25), 0.0, 1.0) == 0.25
 
 
 # ------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from seg_perception.errors import SegPerceptionError
 from seg_perception.models.metadata import EXTRA_FILE_NAME, ModelMetadata
 from seg_perception.models.registry import BUILTIN_MODELS, ModelSpec
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-3
 
 
-class ExportError(RuntimeError):
+class ExportError(SegPerceptionError, RuntimeError):
     """The network could not be exported, or the export does not reproduce it."""
 
 

@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 
 from seg_perception.device import select_device
+from seg_perception.errors import SegPerceptionError
 from seg_perception.host_memory import keep_freed_memory
 from seg_perception.models.metadata import EXTRA_FILE_NAME, MetadataError, ModelMetadata
 
@@ -27,7 +28,7 @@ Precision = Literal["auto", "fp32", "fp16", "bf16"]
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(SegPerceptionError, RuntimeError):
     """A model could not be loaded; the message is one line that says what to fix."""
 
 

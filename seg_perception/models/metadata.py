@@ -12,13 +12,15 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from seg_perception.errors import SegPerceptionError
+
 METADATA_FORMAT = 1
 EXTRA_FILE_NAME = "seg_perception.json"
 
 ChannelOrder = Literal["rgb", "bgr"]
 
 
-class MetadataError(ValueError):
+class MetadataError(SegPerceptionError, ValueError):
     """The metadata record is missing a field or holds an impossible value."""
 
 

@@ -16,35 +16,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from seg_perception.core.labels import CAMVID, CITYSCAPES, VOC, voc_palette
+from seg_perception.errors import SegPerceptionError
 from seg_perception.models.espnet import EspNet
 from seg_perception.models.metadata import ModelMetadata
-
-CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-    "motorcycle", "bicycle", "background",
-)  # fmt: skip
-CITYSCAPES_PALETTE = (
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
-    (0, 80, 100), (0, 0, 230), (119, 11, 32), (0, 0, 0),
-)  # fmt: skip
-CAMVID_CLASSES = (
-    "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
-    "Pedestrian", "Bicyclist", "Unlabelled",
-)  # fmt: skip
-CAMVID_PALETTE = (
-    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
-    (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
-    (0, 0, 0),
-)  # fmt: skip
 
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 
 
-class WeightsError(RuntimeError):
+class WeightsError(SegPerceptionError, RuntimeError):
     """Weights could not be obtained or do not match their published checksum."""
 
 
@@ -101,21 +82,6 @@ class EspNetWeights(Enum):
         sha256="7d354a257170322086dcd4c1e89a482454cf2c9d30b085e70883878dd59301af",
         description="ESPNet p=2 q=8 trained on CamVid (11 classes + void)",
     )
-
-
-def voc_palette(n: int) -> tuple[tuple[int, int, int], ...]:
-    """The PASCAL VOC colour map (bit-interleaved class index), also fine for any n <= 256."""
-    colours = []
-    for index in range(n):
-        r = g = b = 0
-        c = index
-        for bit in range(8):
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        colours.append((r, g, b))
-    return tuple(colours)
 
 
 @dataclass(frozen=True)
@@ -207,21 +173,18 @@ def _torchvision_builder(fn_name: str) -> Callable[[bool, int], nn.Module]:
 
 
 def _torchvision_metadata(fn_name: str) -> ModelMetadata:
-    # torchvision's VOC weights: 21 categories, ImageNet normalisation on 0..1 RGB.
-    from_voc = (
-        "__background__", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-        "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-        "sheep", "sofa", "train", "tvmonitor",
-    )  # fmt: skip
+    # torchvision's COCO-with-VOC-labels weights: the 21 VOC categories, ImageNet
+    # normalisation on 0..1 RGB, 520 px on the short side (test_models checks these against
+    # torchvision's own weight metadata and transforms).
     return ModelMetadata(
         name=fn_name,
-        class_names=from_voc,
-        palette=voc_palette(len(from_voc)),
+        class_names=VOC.class_names,
+        palette=VOC.palette,
         channel_order="rgb",
         mean=IMAGENET_MEAN_RGB,
         std=IMAGENET_STD_RGB,
         input_scale=1 / 255,
-        input_size=(928, 520),  # torchvision's VOC recipe: 520 px on the short side
+        input_size=(928, 520),
         size_multiple=8,
         source=f"torchvision.models.segmentation.{fn_name} (COCO-with-VOC-labels weights)",
     )
@@ -239,8 +202,8 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
         name="espnet-cityscapes",
         metadata=ModelMetadata(
             name="espnet-cityscapes",
-            class_names=CITYSCAPES_CLASSES,
-            palette=CITYSCAPES_PALETTE,
+            class_names=CITYSCAPES.class_names,
+            palette=CITYSCAPES.palette,
             mean=(72.3923, 82.9089, 73.1584),
             std=(45.3192, 46.1529, 44.9148),
             input_size=(1024, 512),
@@ -254,8 +217,8 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
         name="espnet-camvid",
         metadata=ModelMetadata(
             name="espnet-camvid",
-            class_names=CAMVID_CLASSES,
-            palette=CAMVID_PALETTE,
+            class_names=CAMVID.class_names,
+            palette=CAMVID.palette,
             mean=(110.33, 108.41, 105.03),
             std=(72.13, 72.69, 69.90),
             input_size=(480, 360),

@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 
 from seg_perception.benchmarking import StageTimer, Summary, per_window, summarize
-from seg_perception.image_codec import ImageMessageWriter, decode_image_msg, encode_image
+from seg_perception.core.image_codec import ImageMessageWriter, decode_image_msg, encode_image
 from seg_perception.shared_data import dashcam_video, shared_path
 
 HELP = "measure the pipeline stage by stage against the network, a naive pipeline and DDS"
@@ -166,8 +166,8 @@ class OurPipeline:
     name = "pipeline"
 
     def __init__(self, loaded: Any, vehicle_config: Any, alpha: float, cuda_graph: bool):
-        from seg_perception.pipeline import SegmentationPipeline
-        from seg_perception.vehicle_ahead import VehicleAheadDetector
+        from seg_perception.core.pipeline import SegmentationPipeline
+        from seg_perception.core.vehicle_ahead import VehicleAheadDetector
 
         self.pipeline = SegmentationPipeline(loaded, cuda_graph=cuda_graph)
         self.detector = VehicleAheadDetector(vehicle_config)
@@ -205,8 +205,8 @@ class NaivePipeline:
     def __init__(self, loaded: Any, vehicle_config: Any, alpha: float) -> None:
         import torch
 
+        from seg_perception.core.vehicle_ahead import VehicleAheadDetector
         from seg_perception.models.registry import BUILTIN_MODELS
-        from seg_perception.vehicle_ahead import VehicleAheadDetector
 
         meta = loaded.metadata
         spec = BUILTIN_MODELS.get(meta.name)
@@ -401,7 +401,7 @@ def _frame_timer(loaded: Any, args: argparse.Namespace,
 def _network_input(pipeline: Any, msg: Any) -> Any:
     """The input tensor the pipeline feeds the network for this frame."""
     decoded = decode_image_msg(msg)
-    return pipeline.preprocess(pipeline.upload(decoded.pixels), decoded.channel_order)
+    return pipeline.network_input(decoded.pixels, decoded.channel_order)
 
 
 # --- DDS: helper processes -------------------------------------------------------------------
@@ -468,7 +468,7 @@ def publisher_main(argv: Sequence[str]) -> int:
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
-    from seg_perception.qos import stream_profile
+    from seg_perception.topics import stream_profile
 
     frames = load_frames([args.size], DISTINCT_FRAMES)[args.size]
     messages = [make_image(f, "rgb8", Header(frame_id="camera")) for f in frames]
@@ -557,7 +557,7 @@ def subscriber_main(argv: Sequence[str]) -> int:
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image
 
-    from seg_perception.qos import stream_profile
+    from seg_perception.topics import stream_profile
 
     topics = [t for t in args.topics.split(",") if t]
     records: list[tuple[int, int, int]] = []
@@ -950,7 +950,7 @@ class _TimedSegmenter:
 
     def segment(self, pixels: np.ndarray, channel_order: str) -> Any:
         start = time.perf_counter()
-        result = self.pipeline.segment(pixels, channel_order)
+        result = self.pipeline.segment_to_host(pixels, channel_order)
         self.seconds.append(time.perf_counter() - start)
         return result
 
@@ -961,6 +961,8 @@ def measure_accuracy(args: argparse.Namespace, log: Callable[[str], None]) -> li
     Runs the evaluation code (:mod:`seg_perception.evaluation`): same class mapping, same
     vehicle-ahead rule as ``seg-perception eval``.
     """
+    from seg_perception.core.pipeline import SegmentationPipeline
+    from seg_perception.core.vehicle_ahead import VehicleAheadConfig, resolve_vehicle_class_ids
     from seg_perception.evaluation import (
         LABEL_SETS,
         ClassMapping,
@@ -969,8 +971,6 @@ def measure_accuracy(args: argparse.Namespace, log: Callable[[str], None]) -> li
         run_evaluation,
     )
     from seg_perception.models.loading import load_model
-    from seg_perception.pipeline import SegmentationPipeline
-    from seg_perception.vehicle_ahead import VehicleAheadConfig, resolve_vehicle_class_ids
 
     camvid = shared_path("data", "camvid")
     splits = ("train", "val") if args.accuracy_split == "all" else (args.accuracy_split,)
@@ -1422,10 +1422,10 @@ def _log(text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from seg_perception.core.pipeline import configure_threads
+    from seg_perception.core.vehicle_ahead import VehicleAheadConfig, resolve_vehicle_class_ids
     from seg_perception.models.loading import load_model
-    from seg_perception.pipeline import configure_threads
     from seg_perception.shared_data import use_shared_torch_home
-    from seg_perception.vehicle_ahead import VehicleAheadConfig, resolve_vehicle_class_ids
 
     if args.frames < 1 or args.warmup < 0:
         raise ValueError("--frames must be >= 1 and --warmup >= 0")

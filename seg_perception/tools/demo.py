@@ -32,8 +32,8 @@ from typing import IO, Any
 import cv2
 import numpy as np
 
+from seg_perception.core.image_codec import decode_image_msg
 from seg_perception.fastdds import use_fastdds_profile
-from seg_perception.image_codec import decode_image_msg
 from seg_perception.models.registry import BUILTIN_MODELS, DEFAULT_MODEL
 from seg_perception.shared_data import dashcam_video, shared_path
 from seg_perception.sources import open_source

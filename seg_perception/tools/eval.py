@@ -11,6 +11,17 @@ from pathlib import Path
 
 import torch
 
+from seg_perception.core.pipeline import SegmentationPipeline
+from seg_perception.core.vehicle_ahead import (
+    DEFAULT_CORRIDOR,
+    DEFAULT_MIN_BLOB_FRACTION,
+    DEFAULT_MIN_COVERAGE,
+    DEFAULT_VEHICLE_CLASS_NAMES,
+    GROUND_TRUTH_MIN_COVERAGE,
+    Corridor,
+    VehicleAheadConfig,
+    resolve_vehicle_class_ids,
+)
 from seg_perception.evaluation import (
     LABEL_SETS,
     ClassMapping,
@@ -23,19 +34,8 @@ from seg_perception.evaluation import (
     run_evaluation,
 )
 from seg_perception.models.loading import load_model
-from seg_perception.pipeline import SegmentationPipeline
 from seg_perception.shared_data import use_shared_torch_home
 from seg_perception.tools.common import add_model_arguments, parse_size
-from seg_perception.vehicle_ahead import (
-    DEFAULT_CORRIDOR,
-    DEFAULT_MIN_BLOB_FRACTION,
-    DEFAULT_MIN_COVERAGE,
-    DEFAULT_VEHICLE_CLASS_NAMES,
-    GROUND_TRUTH_MIN_COVERAGE,
-    Corridor,
-    VehicleAheadConfig,
-    resolve_vehicle_class_ids,
-)
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model input")
     model.add_argument("--input-size", type=parse_size, metavar="WxH",
                        help="network input size override, e.g. 768x384 (default: the model's)")
-    model.add_argument("--upsample", choices=("labels", "logits"), default="labels",
-                       help="how the label map reaches the image size, as the node's option "
-                       "(default labels)")
     decision = parser.add_argument_group("vehicle-ahead decision (prediction side)")
     decision.add_argument("--corridor", metavar="X1,Y1,X2,Y2,...",
                           help="corridor polygon, normalised (default: the node's default)")
@@ -201,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("%s", model.describe())
     mapping = ClassMapping.resolve(meta.class_names, dataset, args.mapping)
     config, vehicle_names = _config(args, corridor, meta.class_names)
-    pipeline = SegmentationPipeline(model, upsample=args.upsample)
+    pipeline = SegmentationPipeline(model)
     evaluator = Evaluator(mapping, config, vehicle_names)
     progress = None if args.no_progress else ProgressBar("eval ")
     keep = None if args.no_report else (lambda r: r.outcome in ("fp", "fn"))

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import cv2
 
+from seg_perception.core.image_codec import encode_image
 from seg_perception.fastdds import use_fastdds_profile
-from seg_perception.image_codec import encode_image
 from seg_perception.sources import Frame, FrameSource, open_source
 from seg_perception.tools.common import parse_size
 

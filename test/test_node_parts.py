@@ -1,4 +1,5 @@
-"""Unit tests for seg_perception.runtime (ROS-free: parameters, mailbox, statistics, QoS policy)."""
+"""Unit tests of the node's parts that need no running ROS graph: the parameter schema, the
+frame mailbox, the statistics, the health verdict and the QoS policy."""
 
 from __future__ import annotations
 
@@ -10,24 +11,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from seg_perception.runtime import (
+from seg_perception.core.corridor import DEFAULT_CORRIDOR, Corridor
+from seg_perception.core.stats import FrameStats, LatencyWindow, RateMeter
+from seg_perception.node.diagnostics import assess_health
+from seg_perception.node.input import StallMonitor, decide_reliability
+from seg_perception.node.params import (
     AUTO_VEHICLE_CLASSES,
-    PARAMETER_SPECS,
     PARAMETERS,
-    FrameStats,
-    LatencyWindow,
-    LatestFrameSlot,
     ParameterError,
-    RateMeter,
-    StallMonitor,
-    assess_health,
-    decide_reliability,
-    default_values,
-    settings_values,
-    validate_settings,
-    with_changes,
+    parameter_defaults,
+    parameter_values,
+    settings_from,
 )
-from seg_perception.vehicle_ahead import DEFAULT_CORRIDOR, Corridor
+from seg_perception.node.worker import FrameMailbox
 
 REPO = Path(__file__).resolve().parents[1]
 CITYSCAPES = ("road", "car", "truck", "bus", "sky")
@@ -38,7 +34,7 @@ CAMVID = ("Sky", "Road", "Car", "Pedestrian")
 
 
 def test_defaults_are_valid_and_match_the_issue():
-    settings = validate_settings({})
+    settings = settings_from({})
     assert settings.model == "espnet-cityscapes"
     assert settings.input_qos == "auto" and settings.output_qos == "reliable"
     assert settings.corridor == Corridor(DEFAULT_CORRIDOR)
@@ -49,19 +45,39 @@ def test_defaults_are_valid_and_match_the_issue():
 def test_shipped_yaml_lists_every_parameter_with_its_default():
     document = yaml.safe_load((REPO / "config" / "segmentation.yaml").read_text())
     values = document["/**"]["ros__parameters"]
-    assert set(values) == set(PARAMETER_SPECS)
-    assert values == default_values()
-    validate_settings(values)
+    assert set(values) == set(PARAMETERS)
+    assert values == parameter_defaults()
+    settings_from(values)
+
+
+def _readme_parameter_table() -> dict[str, str]:
+    """parameter name -> default column of the README's node parameter table."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("| parameter | default |"):].split("\n\n", 1)[0]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0].strip("`")] = cells[1].strip("`")
+    return rows
+
+
+def test_readme_documents_every_parameter_with_its_default():
+    rows = _readme_parameter_table()
+    assert set(rows) == set(PARAMETERS) | {"class_names"}
+    for name, default in parameter_defaults().items():
+        shown = yaml.safe_load(rows[name]) if rows[name] else ""
+        assert shown == default, (name, rows[name], default)
 
 
 def test_every_parameter_is_described_and_ranges_fit_defaults():
-    for spec in PARAMETERS:
-        assert spec.description.endswith((".", ")")), spec.name
-        if spec.value_range is not None:
-            low, high = spec.value_range
-            assert low <= spec.default <= high, spec.name
-        if spec.choices is not None:
-            assert spec.default in spec.choices, spec.name
+    defaults = parameter_defaults()
+    for name, info in PARAMETERS.items():
+        assert info.description.endswith((".", ")")), name
+        if info.value_range is not None:
+            low, high = info.value_range
+            assert low <= defaults[name] <= high, name
+        if info.choices is not None:
+            assert defaults[name] in info.choices, name
 
 
 @pytest.mark.parametrize(
@@ -75,7 +91,7 @@ def test_every_parameter_is_described_and_ranges_fit_defaults():
         ("corridor", [0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0], "self-intersecting"),
         ("corridor", [0.1, 0.2, 0.3], "even length"),
         ("corridor", [0.0, 0.0, 2.0, 0.0, 0.0, 1.0], "outside [0, 1]"),
-        ("corridor", "0.1 0.2", "flat list of numbers"),
+        ("corridor", "0.1 0.2", "must be a list"),
         ("vehicle_classes", [], "must not be empty"),
         ("vehicle_classes", ["auto", "car"], "cannot be combined"),
         ("vehicle_classes", [""], "non-empty strings"),
@@ -99,7 +115,7 @@ def test_every_parameter_is_described_and_ranges_fit_defaults():
 )
 def test_bad_values_are_rejected_with_a_reason(name, value, reason):
     with pytest.raises(ParameterError) as info:
-        validate_settings({name: value})
+        settings_from({name: value})
     assert info.value.name == name
     assert reason in str(info.value)
     assert str(info.value).startswith(f"parameter '{name}': ")
@@ -110,31 +126,39 @@ def test_unavailable_cuda_is_rejected_only_without_fallback():
 
     if torch.cuda.is_available():
         pytest.skip("needs a machine without CUDA")
-    assert validate_settings({"device": "cuda"}).device == "cuda"
+    assert settings_from({"device": "cuda"}).device == "cuda"
     with pytest.raises(ParameterError, match="fallback is off"):
-        validate_settings({"device": "cuda", "device_fallback": False})
+        settings_from({"device": "cuda", "device_fallback": False})
 
 
-def test_with_changes_revalidates_and_keeps_other_values():
-    settings = validate_settings({"overlay_alpha": 0.3, "model": "espnet-camvid"})
-    changed = with_changes(settings, {"min_coverage": 0.2})
+def test_changes_are_validated_and_keep_other_values():
+    settings = settings_from({"overlay_alpha": 0.3, "model": "espnet-camvid"})
+    changed = settings_from({"min_coverage": 0.2}, base=settings)
     assert changed.min_coverage == 0.2 and changed.overlay_alpha == 0.3
     assert changed.model == "espnet-camvid"
     with pytest.raises(ParameterError):
-        with_changes(settings, {"corridor": [0.5, 0.5]})
-    assert validate_settings(settings_values(settings)) == settings
+        settings_from({"corridor": [0.5, 0.5]}, base=settings)
+    assert settings_from(parameter_values(settings)) == settings
+    assert changed.changed(settings, "decision") and not changed.changed(settings, "reload")
+    assert settings_from({"device": "cpu"}).changed(settings, "reload")
+
+
+def test_a_float_parameter_takes_an_integer():
+    assert settings_from({"overlay_alpha": 1}).overlay_alpha == 1.0
+    assert isinstance(settings_from({"stall_timeout": 2}).stall_timeout, float)
+    assert settings_from({"corridor": [0, 1, 1, 1, 0.5, 0]}).corridor.vertices[0] == (0.0, 1.0)
 
 
 def test_model_path_overrides_model():
-    assert validate_settings({"model": "espnet-camvid"}).model_source == "espnet-camvid"
-    assert validate_settings({"model_path": " /x/m.pt "}).model_source == "/x/m.pt"
+    assert settings_from({"model": "espnet-camvid"}).model_source == "espnet-camvid"
+    assert settings_from({"model_path": " /x/m.pt "}).model_source == "/x/m.pt"
 
 
 def test_vehicle_config_resolves_names_per_model():
-    auto = validate_settings({"vehicle_classes": [AUTO_VEHICLE_CLASSES]})
+    auto = settings_from({"vehicle_classes": [AUTO_VEHICLE_CLASSES]})
     assert auto.vehicle_config(CITYSCAPES).vehicle_ids == (1, 2, 3)
     assert auto.vehicle_config(CAMVID).vehicle_ids == (2,)
-    explicit = validate_settings({"vehicle_classes": ["truck"], "frames_on": 4})
+    explicit = settings_from({"vehicle_classes": ["truck"], "frames_on": 4})
     config = explicit.vehicle_config(CITYSCAPES)
     assert config.vehicle_ids == (2,) and config.frames_on == 4
     with pytest.raises(ParameterError, match="unknown vehicle class name.*'truck'"):
@@ -166,61 +190,81 @@ def test_fixed_input_qos_ignores_publishers():
 # --- the frame mailbox -------------------------------------------------------------------------
 
 
-def test_slot_keeps_only_the_newest_and_counts_drops():
-    slot: LatestFrameSlot[int] = LatestFrameSlot()
-    assert slot.put(1) is False
-    assert slot.put(2) is True
-    assert slot.put(3) is True
-    assert slot.dropped == 2
-    assert slot.take(timeout=0) == 3
-    assert slot.take(timeout=0) is None
-    assert slot.put(4) is False  # the slot was emptied: nothing dropped
-    assert slot.dropped == 2
+def test_mailbox_keeps_only_the_newest_and_counts_drops():
+    box: FrameMailbox[int] = FrameMailbox()
+    assert box.put("cam", 1) is False
+    assert box.put("cam", 2) is True
+    assert box.put("cam", 3) is True
+    assert box.dropped("cam") == 2
+    assert box.take(timeout=0) == ("cam", 3)
+    assert box.take(timeout=0) is None
+    assert box.put("cam", 4) is False  # the slot was emptied: nothing dropped
+    assert box.dropped() == 2
 
 
-def test_slot_wakes_a_waiting_consumer_and_close_releases_it():
-    slot: LatestFrameSlot[str] = LatestFrameSlot()
+def test_mailbox_wakes_a_waiting_consumer_and_close_releases_it():
+    box: FrameMailbox[str] = FrameMailbox()
     got = []
-    consumer = threading.Thread(target=lambda: got.append(slot.take(timeout=5)))
+    consumer = threading.Thread(target=lambda: got.append(box.take(timeout=5)))
     consumer.start()
     time.sleep(0.05)
-    slot.put("frame")
+    box.put("cam", "frame")
     consumer.join(2)
-    assert got == ["frame"]
-    consumer = threading.Thread(target=lambda: got.append(slot.take(timeout=5)))
+    assert got == [("cam", "frame")]
+    consumer = threading.Thread(target=lambda: got.append(box.take(timeout=5)))
     consumer.start()
-    slot.close()
+    assert box.close() == []
     consumer.join(2)
-    assert not consumer.is_alive() and got[-1] is None and slot.closed
+    assert not consumer.is_alive() and got[-1] is None and box.closed
 
 
-def test_slot_under_a_fast_producer_never_backs_up():
+def test_mailbox_close_counts_the_waiting_frames_as_dropped():
+    box: FrameMailbox[int] = FrameMailbox()
+    box.put("a", 1)
+    box.put("b", 2)
+    assert sorted(box.close()) == ["a", "b"]
+    assert box.dropped("a") == box.dropped("b") == 1 and box.take(timeout=0) is None
+
+
+def test_mailbox_serves_streams_round_robin_so_none_starves():
+    box: FrameMailbox[int] = FrameMailbox()
+    served = []
+    for frame in range(30):  # three cameras, each always with a frame waiting
+        for camera in ("front", "left", "right"):
+            box.put(camera, frame)
+        served.append(box.take(timeout=0)[0])
+    assert served[:6] == ["front", "left", "right", "front", "left", "right"]
+    assert {camera: served.count(camera) for camera in set(served)} == \
+        {"front": 10, "left": 10, "right": 10}
+
+
+def test_mailbox_under_a_fast_producer_never_backs_up():
     """Producer much faster than consumer: every item is either consumed or counted dropped."""
-    slot: LatestFrameSlot[int] = LatestFrameSlot()
+    box: FrameMailbox[int] = FrameMailbox()
     consumed: list[int] = []
     done = threading.Event()
 
     def consume() -> None:
-        while not done.is_set() or not slot.closed:
-            item = slot.take(timeout=0.01)
+        while True:
+            item = box.take(timeout=0.01)
             if item is None:
                 if done.is_set():
                     return
                 continue
-            consumed.append(item)
+            consumed.append(item[1])
             time.sleep(0.002)  # "inference"
 
     consumer = threading.Thread(target=consume)
     consumer.start()
     for i in range(2000):
-        slot.put(i)
+        box.put("cam", i)
     done.set()
     consumer.join(5)
-    leftover = slot.take(timeout=0)
-    total = len(consumed) + slot.dropped + (leftover is not None)
+    leftover = box.take(timeout=0)
+    total = len(consumed) + box.dropped("cam") + (leftover is not None)
     assert total == 2000
     assert consumed == sorted(consumed)  # always newer frames
-    assert slot.dropped > 1000
+    assert box.dropped("cam") > 1000
 
 
 # --- statistics --------------------------------------------------------------------------------

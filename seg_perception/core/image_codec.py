@@ -24,6 +24,8 @@ from typing import Any, Literal, NamedTuple
 import cv2
 import numpy as np
 
+from seg_perception.errors import SegPerceptionError
+
 __all__ = [
     "SUPPORTED_COMPRESSED_FORMATS",
     "SUPPORTED_ENCODINGS",
@@ -42,11 +44,11 @@ __all__ = [
 ChannelOrder = Literal["rgb", "bgr"]
 
 
-class ImageFormatError(ValueError):
+class ImageFormatError(SegPerceptionError, ValueError):
     """Encoding unknown or unsupported."""
 
 
-class ImageConversionError(ValueError):
+class ImageConversionError(SegPerceptionError, ValueError):
     """Geometry/data of the message inconsistent or corrupt."""
 
 

@@ -1,0 +1,116 @@
+"""Segmentation of frames: HxWx3 uint8 pixels in, uint8 host arrays out, for one model.
+
+The frame is resized, reordered and normalised on the model's device, the network runs, the
+class map is taken at the network's resolution and brought to the frame size with exact
+nearest-neighbour indices (class ids are never interpolated), and only uint8 results come back
+to the host. :class:`SegmentationPipeline` is the one entry point; the CPU and CUDA back ends
+(:mod:`.pipeline_cpu`, :mod:`.pipeline_cuda`) do the same maths with the kernels that are
+fast on each.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import cv2
+import numpy as np
+import torch
+
+from seg_perception.core.pipeline_base import (
+    Backend,
+    ChannelOrder,
+    HostSegmentation,
+    Timer,
+    check_frame,
+    untimed,
+)
+from seg_perception.core.pipeline_cpu import CpuBackend
+from seg_perception.core.pipeline_cuda import CudaBackend
+from seg_perception.models.loading import LoadedModel
+from seg_perception.models.metadata import ModelMetadata
+
+__all__ = ["HostSegmentation", "SegmentationPipeline", "Timer", "configure_threads"]
+
+# torch warns when wrapping read-only buffers (ROS message data); we never write to them.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+
+def configure_threads(num_threads: int) -> int:
+    """Use ``num_threads`` CPU threads for torch and OpenCV (0: leave both as they are).
+
+    Both libraries run parts of the CPU pipeline; giving them the same count keeps them from
+    oversubscribing the cores. Returns torch's thread count afterwards.
+    """
+    if num_threads < 0:
+        raise ValueError(f"num_threads must be >= 0, not {num_threads}")
+    if num_threads:
+        torch.set_num_threads(num_threads)
+        cv2.setNumThreads(num_threads)
+    return torch.get_num_threads()
+
+
+def _check_alpha(alpha: float | None) -> float | None:
+    if alpha is None:
+        return None
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"overlay alpha must be within [0, 1], got {alpha}")
+    return float(alpha)
+
+
+class SegmentationPipeline:
+    """Preprocess, infer and postprocess frames for one loaded model.
+
+    ``cuda_graph=True`` (CUDA only, ignored on the CPU) captures one CUDA graph per frame
+    size and replays it. Not thread-safe: one pipeline per inference thread.
+    """
+
+    def __init__(self, model: LoadedModel, cuda_graph: bool = False) -> None:
+        self.model = model
+        cuda = model.device.type == "cuda"
+        self.cuda_graph = bool(cuda_graph) and cuda
+        self.backend: Backend = (CudaBackend(model, self.cuda_graph) if cuda
+                                 else CpuBackend(model))
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        return self.model.metadata
+
+    @property
+    def palette(self) -> np.ndarray:
+        """Kx3 uint8 RGB colours by class id."""
+        return self.backend.palette
+
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) the network is fed at for a frame of the given size."""
+        return self.backend.network_size(height, width)
+
+    def segment_to_host(
+        self,
+        pixels: np.ndarray,
+        channel_order: ChannelOrder = "rgb",
+        *,
+        color_mask: bool = False,
+        overlay_alpha: float | None = None,
+        timer: Timer | None = None,
+    ) -> HostSegmentation:
+        """One frame (HxWx3 uint8, any strides, in ``channel_order``) -> host arrays.
+
+        The label map always; the colour mask and the overlay (``(1 - alpha) * frame +
+        alpha * colour``, RGB) when asked. The arrays are reused buffers, valid until the
+        next call. ``timer`` wraps each stage, for the benchmark.
+        """
+        if channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order must be 'rgb' or 'bgr', not {channel_order!r}")
+        check_frame(pixels)
+        return self.backend.segment_to_host(pixels, channel_order, color_mask,
+                                            _check_alpha(overlay_alpha), timer or untimed)
+
+    def network_input(self, pixels: np.ndarray, channel_order: ChannelOrder = "rgb"
+                      ) -> torch.Tensor:
+        """The normalised network input for a frame (the benchmark times the network on it)."""
+        check_frame(pixels)
+        return self.backend.network_input(pixels, channel_order)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network alone, under the model's precision policy."""
+        return self.backend.forward(x)

@@ -1,0 +1,98 @@
+"""What the node reports on ``/diagnostics``: a health verdict and the figures behind it.
+
+:func:`assess_health` (ROS-free) turns a camera's statistics into OK / WARN / ERROR and one
+line; :func:`camera_status` builds the DiagnosticStatus of one camera, shaped like a
+diagnostic_updater task (level, message, key/value figures).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+from seg_perception.core.stats import FrameStats
+
+__all__ = ["Health", "assess_health", "camera_status"]
+
+LEVELS = {"OK": DiagnosticStatus.OK, "WARN": DiagnosticStatus.WARN,
+          "ERROR": DiagnosticStatus.ERROR}
+
+
+@dataclass(frozen=True)
+class Health:
+    level: str  # "OK" | "WARN" | "ERROR"
+    message: str
+
+
+def assess_health(
+    stats: FrameStats,
+    now: float,
+    stalled_for: float | None = None,
+    stall_hint: str = "",
+    model_error: str = "",
+    device_warning: str = "",
+    recent_s: float = 5.0,
+) -> Health:
+    """The node's diagnostic level and one-line summary.
+
+    ERROR while inference keeps failing (back to OK with the next good frame); WARN for a
+    stalled input, recently rejected frames, a failed model swap or a device fallback.
+    """
+    with stats.lock:
+        failures = stats.consecutive_failures
+        last_error = stats.last_error
+        rejection = stats.last_rejection
+        rejected_recently = (stats.last_rejection_time is not None
+                             and now - stats.last_rejection_time <= recent_s)
+    if failures:
+        return Health("ERROR", f"inference failing ({failures} frame(s) in a row): {last_error}")
+    warnings = []
+    if stalled_for is not None:
+        warnings.append(f"input stalled: no frame for {stalled_for:.1f} s from a matched "
+                        f"publisher{': ' + stall_hint if stall_hint else ''}")
+    if rejected_recently:
+        warnings.append(f"rejecting input frames: {rejection}")
+    if model_error:
+        warnings.append(model_error)
+    if device_warning:
+        warnings.append(device_warning)
+    if warnings:
+        return Health("WARN", "; ".join(warnings))
+    return Health("OK", "running")
+
+
+def camera_status(name: str, stats: FrameStats, health: Health, model: Any,
+                  values: dict[str, str]) -> DiagnosticStatus:
+    """One camera's DiagnosticStatus: the verdict, the model and the stream's figures.
+
+    ``model`` is the running model's LoadedModel; ``values`` adds the input's own figures
+    (topic, QoS, drops, stall) in front of the counters.
+    """
+    now = time.monotonic()
+    with stats.lock:
+        latency = stats.latency.percentiles_ms()
+        figures = {
+            "model": model.metadata.name,
+            "model_file": str(model.path),
+            "device": str(model.device),
+            "device_reason": model.device_reason,
+            **values,
+            "input_hz": f"{stats.input_rate.rate(now):.2f}",
+            "output_hz": f"{stats.output_rate.rate(now):.2f}",
+            "frames_received": str(stats.received),
+            "frames_processed": str(stats.processed),
+            "frames_dropped": str(stats.dropped),
+            "frames_rejected": str(stats.rejected),
+            "frames_failed": str(stats.failed),
+            "latency_ms_p50": f"{latency[50]:.1f}",
+            "latency_ms_p90": f"{latency[90]:.1f}",
+            "latency_ms_p99": f"{latency[99]:.1f}",
+            "last_error": stats.last_error,
+            "last_rejection": stats.last_rejection,
+        }
+    return DiagnosticStatus(level=LEVELS[health.level], name=name, message=health.message,
+                            hardware_id=str(model.device),
+                            values=[KeyValue(key=k, value=v) for k, v in figures.items()])

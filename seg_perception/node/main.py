@@ -1,0 +1,59 @@
+"""Running the node as a process: signals, start-up errors as one line, clean shutdown."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.signals import SignalHandlerOptions
+
+from seg_perception import topics
+from seg_perception.node.node import SegmentationNode
+
+PROGRAM = f"{topics.NODE_NAME}_node"
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run(args: list[str] | None, managed: bool) -> int:
+    """Spin the node until SIGINT/SIGTERM; exit 2 with one line if it cannot start.
+
+    Signals are handled in Python (not by rclpy's handlers): a Ctrl-C that arrives while the
+    model is still loading would otherwise be lost or leave a half-shut-down context behind.
+    Either signal raises KeyboardInterrupt in the main thread, wherever it is.
+    """
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    node: SegmentationNode | None = None
+    try:
+        try:
+            rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        except RuntimeError as exc:  # RCLError: malformed --ros-args
+            print(f"{PROGRAM}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 2
+        node = SegmentationNode(managed=managed)
+        if not managed:
+            for transition in (node.trigger_configure, node.trigger_activate):
+                if transition() != TransitionCallbackReturn.SUCCESS:
+                    print(f"{PROGRAM}: error: {node.problem or 'start-up failed'}",
+                          file=sys.stderr)
+                    return 2
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break cleanup
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if node is not None:
+            node.stop()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
