@@ -24,7 +24,6 @@ setup(
     maintainer_email="seg-perception@example.com",
     description="Semantic segmentation node with a vehicle-ahead decision for ROS 2 cameras",
     license="MIT",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "seg-perception = seg_perception.cli:main",

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -43,7 +44,7 @@ from seg_perception.evaluation import (  # noqa: E402
     ClassMapping,
     ConfusionMatrix,
     FrameRecord,
-    ProgressBar,
+    Sample,
     find_samples,
     pr_curve,
     read_image,
@@ -68,16 +69,16 @@ def label_maps(model_name: str, size: tuple[int, int], samples, cache: Path) -> 
         with np.load(path) as data:
             if set(data.files) >= {s.name for s in samples}:
                 return {s.name: data[s.name] for s in samples}
-    from seg_perception.core.pipeline import SegmentationPipeline, to_numpy
+    from seg_perception.core.pipeline import SegmentationPipeline
     from seg_perception.models import load_model
 
     model = load_model(model_name, device=os.environ.get("TUNE_DEVICE", "cpu"), input_size=size)
     pipeline = SegmentationPipeline(model)
-    bar = ProgressBar(f"{model_name} {size[0]}x{size[1]} ")
     maps, start = {}, time.perf_counter()
-    for index, sample in enumerate(samples):
-        maps[sample.name] = to_numpy(pipeline.segment(read_image(sample.image), "bgr").label_map)
-        bar(index + 1, len(samples))
+    for sample in tqdm(samples, desc=f"{model_name} {size[0]}x{size[1]}", unit="img"):
+        # A copy: the pipeline reuses its output buffers for the next frame.
+        maps[sample.name] = pipeline.segment_to_host(read_image(sample.image), "bgr"
+                                                     ).label_map.copy()
     seconds = (time.perf_counter() - start) / len(samples)
     print(f"  {seconds * 1e3:.0f} ms per image", file=sys.stderr)
     cache.mkdir(parents=True, exist_ok=True)
@@ -100,7 +101,7 @@ def main() -> int:
     camvid = args.camvid or shared_path("data", "camvid")
     samples = []
     for split in ("train", "val"):
-        samples += [s.__class__(f"{split}/{s.name}", s.image, s.labels)
+        samples += [Sample(f"{split}/{s.name}", s.image, s.labels)
                     for s in find_samples(camvid / split, camvid / f"{split}annot")]
     dataset = LABEL_SETS["camvid"]
     corridor = Corridor(DEFAULT_CORRIDOR)

@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-TOOLS = ("export", "eval", "bench", "play", "demo")
+TOOLS = ("export", "eval", "bench", "play", "demo", "train")
 
 
 def _load(name: str):
@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     from seg_perception.host_memory import keep_freed_memory
 
     keep_freed_memory()  # before the tools' imports start threads (numpy, OpenCV, rclpy)
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    named = next((word for word in argv if not word.startswith("-")), None)
+    # Only the named tool's module: building every tool's parser imports torch (seconds).
+    args = build_parser((named,) if named in TOOLS else TOOLS).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="[%(levelname)s] %(message)s",

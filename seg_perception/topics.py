@@ -16,13 +16,17 @@ IMAGE = "image"  # sensor_msgs/Image in (input_transport raw)
 COMPRESSED_IMAGE = "image/compressed"  # sensor_msgs/CompressedImage in (compressed)
 LABEL_MAP = "segmentation/label_map"  # mono8 class ids
 COLOR_MASK = "segmentation/color_mask"  # rgb8
+CONFIDENCE = "segmentation/confidence"  # mono8, max class probability * 255
 OVERLAY = "segmentation/overlay"  # rgb8
 LABEL_INFO = "segmentation/label_info"  # vision_msgs/LabelInfo, transient local
 VEHICLE_AHEAD = "vehicle_ahead"  # std_msgs/Bool
 COVERAGE = "vehicle_ahead/coverage"  # std_msgs/Float32
+LEAD = "vehicle_ahead/lead"  # geometry_msgs/PointStamped, camera optical frame
+LEAD_MARKER = "vehicle_ahead/marker"  # visualization_msgs/Marker for RViz
+CAMERA_INFO = "camera_info"  # sensor_msgs/CameraInfo in
 DIAGNOSTICS = "/diagnostics"  # diagnostic_msgs/DiagnosticArray (absolute by convention)
 
-IMAGE_OUTPUTS = (LABEL_MAP, COLOR_MASK, OVERLAY)
+IMAGE_OUTPUTS = (LABEL_MAP, COLOR_MASK, OVERLAY, CONFIDENCE)
 
 
 def camera_topic(camera: str, name: str) -> str:
@@ -51,6 +55,12 @@ def stream_profile(reliability: str, depth: int) -> Any:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
                       reliability=reliability_policy(reliability),
                       durability=DurabilityPolicy.VOLATILE)
+
+
+def camera_info_profile() -> Any:
+    """Best effort, keep last 1: matches camera drivers whether they publish camera_info
+    reliable or best effort (sensor-data QoS)."""
+    return stream_profile("best_effort", 1)
 
 
 def latched_profile() -> Any:

@@ -66,3 +66,36 @@ def ros_env(monkeypatch) -> dict[str, str]:
     monkeypatch.setenv("ROS_DOMAIN_ID", domain)
     monkeypatch.setenv("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
     return dict(os.environ)
+
+
+@pytest.fixture(scope="module")
+def domain() -> dict:
+    """A test module's own ROS domain on loopback (as ros_env, module-wide): its "id" and the
+    "env" for the processes it starts (which load the shipped Fast DDS profile)."""
+    from seg_perception.tools.rosgraph import ros_env
+
+    domain_id = random.randint(1, 101)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        patch.setenv("ROS_DOMAIN_ID", str(domain_id))
+        patch.setenv("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+        yield {"id": domain_id, "env": ros_env(domain_id)}
+
+
+@pytest.fixture(scope="module")
+def workdir(request, tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+
+
+@pytest.fixture(scope="module")
+def probe(domain):
+    """The test process's ROS node in the module's domain, recording /diagnostics."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from ros_helpers import probe_node
+
+    from seg_perception import topics
+
+    ros = probe_node(domain["id"])
+    ros.record(topics.DIAGNOSTICS, DiagnosticArray, reliability="best_effort", depth=100)
+    yield ros
+    ros.close()

@@ -9,17 +9,19 @@ import sys
 import numpy as np
 import pytest
 
-from seg_perception.benchmarking import StageTimer, per_window, percentiles_ms, summarize
-from seg_perception.tools.bench import paired_extra, paired_ratio, stream_result
+from seg_perception.core.stats import percentiles_ms
+from seg_perception.tools.bench.streams import paired_extra, stream_result
+from seg_perception.tools.bench.timing import StageTimer, paired_ratio, per_window, summarize
 
 REQUIRED_KEYS = (
     "device", "camera_size", "forward_ms", "pipeline_ms", "naive_ms", "speedup_vs_naive",
     "pipeline_over_forward", "node_e2e_ms_p50", "node_e2e_ms_p99", "transport_ms_p50", "stages",
 )
-CORE_STAGES = {"msg_to_array", "upload", "preprocess", "forward", "postprocess", "color_mask",
-               "overlay", "vehicle", "array_to_msg"}
+CORE_STAGES = {"msg_to_array", "preprocess", "forward", "postprocess", "color_mask", "overlay",
+               "vehicle", "array_to_msg"}  # and on CUDA "upload", "download"
 
 
+@pytest.mark.slow
 def test_bench_smoke_runs_every_part_and_reports_positive_figures(ros_env, tmp_path):
     # A handful of small frames, every part briefly; one torch thread keeps it quick on a busy
     # CI machine (with two, OpenMP barriers stall whenever another process holds a core).
@@ -58,6 +60,7 @@ def test_bench_smoke_runs_every_part_and_reports_positive_figures(ros_env, tmp_p
     assert "core pipeline" in done.stdout and "naive pipeline" in done.stdout
 
 
+@pytest.mark.slow
 def test_soak_smoke_feeds_the_node_past_its_capacity_and_accounts_for_every_frame(
         ros_env, tmp_path):
     out = tmp_path / "soak.json"

@@ -16,6 +16,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_colcon_build_installs_the_executable_launch_and_config_files(tmp_path, ros_env):
     colcon = Path(sys.executable).with_name("colcon")
     if not colcon.exists():
@@ -35,13 +36,14 @@ def test_colcon_build_installs_the_executable_launch_and_config_files(tmp_path, 
     share = prefix / "share" / "seg_perception"
     assert (share / "package.xml").is_file()
     assert (share / "launch" / "segmentation.launch.py").is_file()
-    assert (share / "launch" / "segmentation.launch.xml").is_file()
+    assert (share / "config" / "segmentation_cameras.rviz").is_file()
+    assert (prefix / "lib" / "seg_perception" / "segmentation_lifecycle_node").is_file()
     for name in ("segmentation.yaml", "fastdds_shm.xml", "segmentation.rviz"):
         assert (share / "config" / name).is_file(), name
     index = prefix / "share" / "ament_index" / "resource_index" / "packages" / "seg_perception"
     assert index.is_file()
     site = next((prefix / "lib").glob("python3*/site-packages"))
-    assert (site / "seg_perception" / "node.py").is_file()
+    assert (site / "seg_perception" / "node" / "node.py").is_file()
 
     # The installed executable runs the installed node: a bad parameter exits with one line.
     env["PYTHONPATH"] = str(site)
@@ -52,7 +54,8 @@ def test_colcon_build_installs_the_executable_launch_and_config_files(tmp_path, 
         "5.0 is outside [0, 1]"
 
 
-# --- the Python launch file, run against stand-ins for launch / launch_ros -------------------
+# --- the launch file, run against stand-ins for launch / launch_ros ------------------------
+# (launch and launch_ros are not on PyPI: the real ones run in test_launch.py where installed)
 
 
 class _Recorded:
@@ -74,16 +77,25 @@ class _LaunchConfiguration:
 def launch_module(monkeypatch, tmp_path):
     """segmentation.launch.py imported with launch, launch_ros and ament_index stand-ins."""
     share = tmp_path / "share" / "seg_perception"
+    recorded = {name: type(name, (_Recorded,), {}) for name in (
+        "DeclareLaunchArgument", "EmitEvent", "OpaqueFunction", "RegisterEventHandler",
+        "LifecycleNode", "Node", "OnStateTransition", "ChangeState")}
     stubs = {
         "ament_index_python": {},
         "ament_index_python.packages": {"get_package_share_directory": lambda name: str(share)},
         "launch": {},
-        "launch.actions": {"DeclareLaunchArgument": _Recorded, "OpaqueFunction": _Recorded},
+        "launch.actions": {k: recorded[k] for k in (
+            "DeclareLaunchArgument", "EmitEvent", "OpaqueFunction", "RegisterEventHandler")},
+        "launch.events": {"matches_action": lambda action: ("matches", action)},
         "launch.launch_context": {"LaunchContext": dict},
         "launch.launch_description": {"LaunchDescription": _Recorded},
         "launch.substitutions": {"LaunchConfiguration": _LaunchConfiguration},
         "launch_ros": {},
-        "launch_ros.actions": {"Node": _Recorded},
+        "launch_ros.actions": {"LifecycleNode": recorded["LifecycleNode"],
+                               "Node": recorded["Node"]},
+        "launch_ros.event_handlers": {"OnStateTransition": recorded["OnStateTransition"]},
+        "launch_ros.events": {},
+        "launch_ros.events.lifecycle": {"ChangeState": recorded["ChangeState"]},
     }
     for name, attributes in stubs.items():
         module = types.ModuleType(name)
@@ -97,20 +109,24 @@ def launch_module(monkeypatch, tmp_path):
 
 
 def _launch(module, **arguments):
+    """(declared defaults, the actions the launch file makes for ``arguments``)."""
     description = module.generate_launch_description()
     [actions] = description.args
     declared = {a.args[0]: a.kwargs["default_value"] for a in actions
-                if isinstance(a, _Recorded) and "default_value" in a.kwargs}
+                if type(a).__name__ == "DeclareLaunchArgument"}
     [opaque] = [a for a in actions if "function" in a.kwargs]
-    [node] = opaque.kwargs["function"]({**declared, **arguments})
-    return declared, node.kwargs
+    return declared, opaque.kwargs["function"]({**declared, **arguments})
 
 
 def test_launch_file_declares_the_documented_arguments(launch_module):
     module, share = launch_module
-    declared, node = _launch(module)
-    assert set(declared) >= {"image", "model", "device", "params_file", "namespace"}
+    declared, [node] = _launch(module)
+    assert set(declared) == {"image", "cameras", "model", "device", "num_threads",
+                             "params_file", "namespace", "managed", "autostart", "rviz",
+                             "fastdds_profile"}
     assert declared["params_file"] == str(share / "config" / "segmentation.yaml")
+    assert type(node).__name__ == "Node"
+    node = node.kwargs
     assert node["package"] == "seg_perception" and node["executable"] == "segmentation_node"
     assert node["name"] == "segmentation"
     assert node["remappings"] == [("image", "/camera/image_raw")]
@@ -119,26 +135,47 @@ def test_launch_file_declares_the_documented_arguments(launch_module):
         "FASTDDS_DEFAULT_PROFILES_FILE": str(share / "config" / "fastdds_shm.xml")}
 
 
-def test_launch_arguments_reach_the_node(launch_module):
+def test_launch_arguments_reach_the_node_as_parameter_values(launch_module):
     module, _ = launch_module
-    _, node = _launch(module, image="/front/image_raw", model="espnet-camvid", device="cuda:1",
-                      namespace="front", params_file="/tmp/mine.yaml", fastdds_profile="")
+    _, [node] = _launch(module, image="/front/image_raw", model="espnet-camvid",
+                        device="cuda:1", namespace="front", params_file="/tmp/mine.yaml",
+                        fastdds_profile="", num_threads="1", cameras="[front, rear]")
+    node = node.kwargs
     assert node["remappings"] == [("image", "/front/image_raw")]
     assert node["namespace"] == "front"
+    # Typed as a parameter file types them: an int and a list, not strings.
     assert node["parameters"] == ["/tmp/mine.yaml", {"model": "espnet-camvid",
-                                                     "device": "cuda:1"}]
+                                                     "device": "cuda:1", "num_threads": 1,
+                                                     "cameras": ["front", "rear"]}]
     assert node["additional_env"] is None
 
 
-def test_xml_launch_file_matches_the_python_one():
-    root = ET.parse(REPO / "launch" / "segmentation.launch.xml").getroot()
-    args = {a.get("name") for a in root.iter("arg")}
-    assert args >= {"image", "model", "device", "params_file", "namespace"}
-    [node] = root.iter("node")
-    assert (node.get("pkg"), node.get("exec"), node.get("name")) == (
-        "seg_perception", "segmentation_node", "segmentation")
-    assert [r.get("from") for r in node.iter("remap")] == ["image"]
-    assert [e.get("name") for e in node.iter("env")] == ["FASTDDS_DEFAULT_PROFILES_FILE"]
+def test_managed_launch_configures_and_activates_unless_told_not_to(launch_module):
+    from lifecycle_msgs.msg import Transition
+
+    module, _ = launch_module
+    _, actions = _launch(module, managed="true")
+    node, handler, configure = actions
+    assert type(node).__name__ == "LifecycleNode"
+    assert node.kwargs["executable"] == "segmentation_lifecycle_node"
+    assert configure.kwargs["event"].kwargs["transition_id"] == Transition.TRANSITION_CONFIGURE
+    on_inactive = handler.args[0]
+    assert on_inactive.kwargs["goal_state"] == "inactive"
+    [activate] = on_inactive.kwargs["entities"]
+    assert activate.kwargs["event"].kwargs["transition_id"] == Transition.TRANSITION_ACTIVATE
+    _, [unmanaged_start] = _launch(module, managed="true", autostart="false")
+    assert type(unmanaged_start).__name__ == "LifecycleNode"  # waits for a lifecycle manager
+
+
+def test_rviz_gets_a_layout_for_the_cameras(launch_module):
+    module, _ = launch_module
+    _, [_, rviz] = _launch(module, rviz="true", cameras="[front, rear]", namespace="car",
+                           params_file=str(REPO / "config" / "segmentation.yaml"))
+    assert rviz.kwargs["executable"] == "rviz2"
+    layout = yaml.safe_load(Path(rviz.kwargs["arguments"][1]).read_text())
+    shown = {d["Topic"]["Value"] for d in layout["Visualization Manager"]["Displays"]}
+    assert shown == {"/car/front/segmentation/overlay", "/car/front/vehicle_ahead/marker",
+                     "/car/rear/segmentation/overlay", "/car/rear/vehicle_ahead/marker"}
 
 
 # --- shipped configuration -------------------------------------------------------------------
@@ -162,8 +199,13 @@ def test_fastdds_profile_has_a_large_shm_segment_and_keeps_udp():
     assert sorted(used) == sorted(transports)
 
 
-def test_rviz_config_shows_overlay_and_colour_mask():
-    config = yaml.safe_load((REPO / "config" / "segmentation.rviz").read_text())
-    displays = config["Visualization Manager"]["Displays"]
-    topics = {d["Topic"]["Value"] for d in displays if d["Class"].endswith("/Image")}
-    assert topics == {"/segmentation/overlay", "/segmentation/color_mask"}
+def test_shipped_rviz_layouts_are_current():
+    from seg_perception.rviz_config import rviz_layout
+
+    single = yaml.safe_load((REPO / "config" / "segmentation.rviz").read_text())
+    assert single == rviz_layout([""])
+    images = {d["Topic"]["Value"] for d in single["Visualization Manager"]["Displays"]
+              if d["Class"].endswith("/Image")}
+    assert images == {"/segmentation/overlay", "/segmentation/color_mask"}
+    cameras = yaml.safe_load((REPO / "config" / "segmentation_cameras.rviz").read_text())
+    assert cameras == rviz_layout(["front", "left", "right"])

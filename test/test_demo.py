@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import random
 import re
 import subprocess
 import sys
@@ -12,14 +13,17 @@ import cv2
 import numpy as np
 import pytest
 
+from seg_perception.tools.rosgraph import ros_env as graph_env
+
 REPO = Path(__file__).resolve().parents[1]
 VIDEO_FRAMES = 8
 
+pytestmark = pytest.mark.slow  # every test runs the demo: the node, a player, the model
+
 
 def _demo(env: dict[str, str], *args: str, timeout: float) -> subprocess.CompletedProcess:
-    env = dict(env)
-    env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)  # the demo must find the profile itself
-    env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    env = graph_env(int(env["ROS_DOMAIN_ID"]), base=env,
+                    fastdds_profile=False)  # the demo must find the profile itself
     return subprocess.run([sys.executable, "-m", "seg_perception.cli", "demo", *args], env=env,
                           cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
@@ -27,12 +31,8 @@ def _demo(env: dict[str, str], *args: str, timeout: float) -> subprocess.Complet
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, shared):
     """One real demo run (6 stills + 8 video frames), shared by the checks below."""
-    import os
-    import random
-
     out = tmp_path_factory.mktemp("demo")
-    env = dict(os.environ, ROS_DOMAIN_ID=str(random.randint(1, 101)),
-               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", RMW_IMPLEMENTATION="rmw_fastrtps_cpp")
+    env = graph_env(random.randint(1, 101))  # module-wide: conftest's ros_env is per test
     result = _demo(env, "--out", str(out), "--max-frames", str(VIDEO_FRAMES), "--device", "cpu",
                    timeout=240)
     return result, out

@@ -1,9 +1,9 @@
 """``seg-perception eval`` and its core on a small real CamVid subset.
 
 Every metric is checked against a straightforward computation written here, independent of
-seg_perception.evaluation and of the corridor code in seg_perception.core.vehicle_ahead: per-class
-boolean masks for IoU, a row-by-row even-odd ray cast in exact rationals for the corridor, and
-plain counting for the vehicle-ahead decision.
+seg_perception.evaluation and of the corridor code in seg_perception.core: per-class boolean
+masks for IoU, a row-by-row even-odd ray cast in exact rationals for the corridor, and plain
+counting for the vehicle-ahead decision.
 """
 
 from __future__ import annotations
@@ -21,10 +21,21 @@ import pytest
 import torch
 
 from seg_perception.cli import build_parser
+from seg_perception.core.frame import FrameResult, OutputRequest, StreamState, process_frame
+from seg_perception.core.image_codec import DecodedImage
+from seg_perception.core.labels import CAMVID, CITYSCAPES
 from seg_perception.core.pipeline import SegmentationPipeline
-from seg_perception.core.vehicle_ahead import VehicleAheadConfig, resolve_vehicle_class_ids
+from seg_perception.core.vehicle_ahead import (
+    VehicleAheadConfig,
+    VehicleAheadDetector,
+    resolve_vehicle_class_ids,
+)
+from seg_perception.errors import UsageError
 from seg_perception.evaluation import (
+    CONFIDENCE_THRESHOLDS,
+    ECE_BINS,
     LABEL_SETS,
+    Calibration,
     ClassMapping,
     ConfusionMatrix,
     DecisionCounts,
@@ -35,9 +46,12 @@ from seg_perception.evaluation import (
     find_samples,
     mappings_dir,
     pr_curve,
+    read_image,
     run_evaluation,
 )
-from seg_perception.models.registry import CAMVID_CLASSES, CITYSCAPES_CLASSES
+
+CAMVID_CLASSES = CAMVID.class_names
+CITYSCAPES_CLASSES = CITYSCAPES.class_names
 
 # A clear vehicle ahead (TP), a dark car the Cityscapes model calls "background" (FN for it),
 # a shop front it calls truck/bus (FP for it), and three val frames (no vehicle ahead).
@@ -57,7 +71,7 @@ CITYSCAPES_TO_CAMVID = {
 }  # fmt: skip
 JSON_KEYS = {"images", "pixel_accuracy", "mean_iou", "per_class_iou", "vehicle_ahead",
              "frames", "confusion_matrix", "pr_curve", "mapping", "model", "dataset",
-             "corridor"}
+             "corridor", "calibration"}
 VEHICLE_KEYS = {"precision", "recall", "f1", "tp", "fp", "fn", "tn", "threshold"}
 
 
@@ -201,6 +215,24 @@ def test_core_matches_independent_computation(camvid_model, subset) -> None:
     assert np.trace(matrix) / matrix.sum() == pytest.approx(ref["pixel_accuracy"])
 
 
+def test_run_evaluation_is_the_frame_path(camvid_model, subset) -> None:
+    """Each record holds what the node's frame path decides for that image, nothing else."""
+    images, labels = subset
+    names = camvid_model.metadata.class_names
+    config = VehicleAheadConfig(vehicle_ids=resolve_vehicle_class_ids(names))
+    evaluator = Evaluator(ClassMapping.resolve(names, LABEL_SETS["camvid"]), config)
+    samples = find_samples(images, labels)
+    pipeline = SegmentationPipeline(camvid_model)
+    records = [record for record, _ in run_evaluation(pipeline, samples, evaluator)]
+    assert [r.name for r in records] == [s.name for s in samples]
+    for sample, record in zip(samples, records, strict=True):
+        image = DecodedImage(read_image(sample.image), "bgr")
+        direct = process_frame(pipeline, image, StreamState(config), OutputRequest())
+        assert record.coverage_pred == direct.vehicle.coverage
+        assert record.predicted == direct.vehicle.raw
+    assert any(r.predicted for r in records) and not all(r.predicted for r in records)
+
+
 # ------------------------------------------------------------------------------------------
 # The CLI, with the default (Cityscapes) model and the shipped mapping.
 # ------------------------------------------------------------------------------------------
@@ -231,7 +263,7 @@ def test_cli_json_report_and_metrics(cityscapes_model, subset, tmp_path, capsys)
 
     # Independent numbers from the same model's label maps (the node's path: BGR frames).
     pipeline = SegmentationPipeline(cityscapes_model)
-    preds = {p.name: pipeline.segment(cv2.imread(str(p)), "bgr").label_map.numpy()
+    preds = {p.name: pipeline.segment_to_host(cv2.imread(str(p)), "bgr").label_map.copy()
              for p in sorted(images.iterdir())}
     camvid_ids = {n: i for i, n in enumerate(CAMVID_CLASSES)}
     lut = {CITYSCAPES_CLASSES.index(s): camvid_ids[t] for s, t in CITYSCAPES_TO_CAMVID.items()}
@@ -249,7 +281,7 @@ def test_cli_json_report_and_metrics(cityscapes_model, subset, tmp_path, capsys)
         assert point["fp"] == sum((not v[2]) and v[1] >= t for v in by_name.values())
 
     for name in ("confusion_matrix.png", "per_class_iou.png", "vehicle_ahead_pr.png",
-                 "vehicle_ahead_coverage.png", "worst_frames.png"):
+                 "vehicle_ahead_coverage.png", "worst_frames.png", "reliability.png"):
         path = out / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         image = cv2.imread(str(path))
@@ -270,7 +302,7 @@ def test_cli_help_documents_the_ground_truth_rule(capsys) -> None:
 
 def test_cli_rejects_unpaired_folders(subset, tmp_path) -> None:
     images, labels = subset
-    with pytest.raises(ValueError, match="pairs"):
+    with pytest.raises(UsageError, match="pairs"):
         run_cli("--images", str(images), "--images", str(images), "--labels", str(labels),
                 "-o", str(tmp_path))
 
@@ -358,12 +390,28 @@ def test_decision_counts_and_pr_curve() -> None:
 
 def test_cli_rejects_a_bad_corridor_before_loading_the_model(subset, tmp_path) -> None:
     images, labels = subset
-    with pytest.raises(ValueError, match="comma-separated"):
+    with pytest.raises(UsageError, match="comma-separated"):
         run_cli("--images", str(images), "--labels", str(labels), "--corridor", "a,b,c",
                 "-o", str(tmp_path))
     with pytest.raises(ValueError, match="at least 3"):
         run_cli("--images", str(images), "--labels", str(labels), "--corridor", "0,0,1,1",
                 "-o", str(tmp_path))
+
+
+def test_cli_rejects_bad_options_and_output_before_loading_the_model(subset, tmp_path) -> None:
+    """A model that does not exist shows that nothing was loaded when these are refused."""
+    images, labels = subset
+    data = ("--images", str(images), "--labels", str(labels), "--model", "no-such-model")
+    a_file = tmp_path / "report.txt"
+    a_file.write_text("not a folder")
+    for output in (a_file, a_file / "sub"):
+        with pytest.raises(UsageError, match="not a folder"):
+            run_cli(*data, "-o", str(output))
+    with pytest.raises(UsageError, match="--min-coverage"):
+        run_cli(*data, "--min-coverage", "2", "-o", str(tmp_path / "out"))
+    with pytest.raises(UsageError, match="--worst"):
+        run_cli(*data, "--worst", "-1", "-o", str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_evaluator_ground_truth_follows_the_configured_corridor() -> None:
@@ -376,9 +424,157 @@ def test_evaluator_ground_truth_follows_the_configured_corridor() -> None:
     mapping = ClassMapping.resolve(CITYSCAPES_CLASSES, LABEL_SETS["camvid"])
     corner = ((0.0, 0.0), (0.25, 0.0), (0.25, 0.25), (0.0, 0.25))
     for corridor, expected in ((CORRIDOR, False), (corner, True)):
-        evaluator = Evaluator(mapping, VehicleAheadConfig(corridor, (13,)))
-        record = evaluator.add("synthetic", prediction, truth)
+        config = VehicleAheadConfig(corridor, (13,))
+        evaluator = Evaluator(mapping, config)
+        decision = VehicleAheadDetector(config).update(prediction)
+        frame = FrameResult(label_map=prediction, confidence=None, color_mask=None,
+                            overlay=None, vehicle=decision)
+        record = evaluator.add("synthetic", frame, truth)
         assert record.truth is expected and record.predicted is expected
         assert record.coverage_true == record.coverage_pred
         assert evaluator.confusion.pixel_accuracy == 1.0  # void rows ignored
         assert evaluator.confusion.pixels == 30 * 40
+        # No confidence map: no calibration, rather than one over fewer pixels.
+        assert evaluator.calibration is None
+        assert evaluator.result("synthetic").to_json()["calibration"] is None
+
+
+# ------------------------------------------------------------------------------------------
+# Confidence calibration.
+# ------------------------------------------------------------------------------------------
+
+
+def reference_calibration(levels: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS
+                          ) -> tuple[float, dict[float, tuple[float, float]]]:
+    """ECE over (lower, upper] bins and (fraction, accuracy) kept per threshold, in floats on
+    the valid pixels' confidence = level / 255."""
+    confidence = levels.astype(np.float64) / 255
+    edges = np.arange(bins + 1) / bins  # k / bins, rounded as level / 255 is on an edge
+    index = np.clip(np.digitize(confidence, edges, right=True) - 1, 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        sel = index == b
+        if sel.any():
+            ece += sel.mean() * abs(correct[sel].mean() - confidence[sel].mean())
+    kept = {}
+    for threshold in CONFIDENCE_THRESHOLDS:
+        sel = confidence >= threshold
+        kept[threshold] = (sel.mean(), correct[sel].mean() if sel.any() else math.nan)
+    return ece, kept
+
+
+def calibration_of(groups: list[tuple[int, int, int]]) -> Calibration:
+    """A frame of ``pixels`` pixels per (level, pixels, correct) group, 3 classes, plus void
+    pixels (ignored) and unmapped predictions (wrong)."""
+    truth, predicted, levels = [], [], []
+    for level, pixels, correct in groups:
+        truth += [1] * pixels
+        predicted += [1] * correct + [3] * (pixels - correct)  # 3 = unmapped: wrong
+        levels += [level] * pixels
+    truth += [3, 255]  # void: ignored whatever the prediction and confidence
+    predicted += [3, 0]
+    levels += [0, 255]
+    calibration = Calibration(3)
+    calibration.add(np.array(truth, np.uint8).reshape(1, -1),
+                    np.array(predicted, np.uint8).reshape(1, -1),
+                    np.array(levels, np.uint8).reshape(1, -1))
+    return calibration
+
+
+def test_calibration_of_hand_made_frames() -> None:
+    # Calibrated: each confidence level is right as often as it says (51 = 0.2, 204 = 0.8).
+    calibrated = calibration_of([(255, 4, 4), (51, 5, 1), (204, 5, 4)])
+    assert calibrated.total == 14
+    assert calibrated.ece() == pytest.approx(0.0, abs=1e-12)
+    assert calibrated.accuracy == calibrated.mean_confidence == pytest.approx(9 / 14)
+    # Over-confident: 0.8 right half the time, 1.0 right 60% of the time, half the pixels each.
+    over = calibration_of([(204, 10, 5), (255, 10, 6)])
+    assert over.ece() == pytest.approx(0.5 * 0.3 + 0.5 * 0.4, abs=1e-12)
+    assert (over.mean_confidence, over.accuracy) == (pytest.approx(0.9), pytest.approx(0.55))
+    table = {(round(b.lower * 15), round(b.upper * 15)): b for b in over.bins()}
+    assert len(table) == 15 and sum(b.pixels for b in table.values()) == 20
+    assert (table[11, 12].pixels, table[11, 12].confidence, table[11, 12].accuracy) == (
+        10, pytest.approx(0.8), 0.5)  # 0.8 is the upper edge of (11/15, 12/15]
+    assert table[14, 15].accuracy == 0.6 and table[0, 1].accuracy is None
+    kept = {t: over.retention(t) for t in CONFIDENCE_THRESHOLDS}
+    assert (kept[0.7].fraction, kept[0.7].accuracy) == (1.0, 0.55)
+    assert (kept[0.9].pixels, kept[0.9].fraction, kept[0.9].accuracy) == (10, 0.5, 0.6)
+    data = over.to_json()
+    assert data["bins"] == ECE_BINS and len(data["reliability"]) == ECE_BINS
+    assert [r["threshold"] for r in data["retention"]] == list(CONFIDENCE_THRESHOLDS)
+    json.dumps(data)  # plain JSON: no NaN, no numpy scalars in the way
+    empty = Calibration(3)
+    assert empty.ece() is None and empty.retention(0.5).fraction is None
+    with pytest.raises(ValueError, match="uint8"):
+        empty.add(np.zeros(2, np.uint8), np.zeros(2, np.uint8), np.zeros(2, np.float32))
+
+
+def test_calibration_matches_a_float_computation() -> None:
+    """Random levels, bin edges included (multiples of 17 = k/15), over several frames."""
+    rng = np.random.default_rng(7)
+    calibration = Calibration(4)
+    all_levels, all_correct = [], []
+    for _ in range(3):
+        levels = rng.integers(0, 256, size=(30, 40)).astype(np.uint8)
+        levels[0, :16] = np.arange(16) * 17
+        truth = rng.integers(0, 6, size=levels.shape).astype(np.uint8)  # 4, 5: void
+        guess = rng.integers(0, 5, size=levels.shape).astype(np.uint8)  # 4: unmapped
+        # Right about as often as the confidence says, wrong otherwise (or by chance).
+        predicted = np.where(rng.random(levels.shape) < levels / 255, truth, guess)
+        calibration.add(truth, predicted, levels)
+        valid = truth < 4
+        all_levels.append(levels[valid])
+        all_correct.append((predicted == truth)[valid])
+    ece, kept = reference_calibration(np.concatenate(all_levels), np.concatenate(all_correct))
+    assert calibration.ece() == pytest.approx(ece, abs=1e-12)
+    for threshold, (fraction, accuracy) in kept.items():
+        got = calibration.retention(threshold)
+        assert (got.fraction, got.accuracy) == (pytest.approx(fraction, abs=1e-12),
+                                                pytest.approx(accuracy, abs=1e-12))
+
+
+def test_cli_calibration_on_camvid_val(camvid_model, shared, tmp_path, capsys) -> None:
+    """espnet-camvid on a few val images: the calibration JSON, summary and reliability
+    diagram, checked against the frame path's own confidence maps."""
+    camvid = shared / "data" / "camvid"
+    out = tmp_path / "report"
+    assert run_cli("--model", "espnet-camvid", "--device", "cpu", "--images",
+                   str(camvid / "val"), "--labels", str(camvid / "valannot"), "--limit", "4",
+                   "--no-progress", "-o", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "ECE" in printed and "min_confidence 0.5 / 0.7 / 0.9 keeps" in printed
+    data = json.loads((out / "eval.json").read_text())
+    calibration = data["calibration"]
+    assert 0.0 <= calibration["ece"] <= 1.0
+    assert calibration["pixels"] == np.array(data["confusion_matrix"]["matrix"]).sum()
+    assert calibration["accuracy"] == pytest.approx(data["pixel_accuracy"], abs=1e-12)
+    retention = calibration["retention"]
+    fractions = [r["fraction"] for r in retention]
+    accuracies = [r["accuracy"] for r in retention]
+    assert fractions == sorted(fractions, reverse=True) and fractions[0] > fractions[-1]
+    assert accuracies == sorted(accuracies) and accuracies[0] < accuracies[-1]
+
+    # Independently: the frame path's confidence maps, binned in floats.
+    pipeline = SegmentationPipeline(camvid_model)
+    levels, correct = [], []
+    for sample in find_samples(camvid / "val", camvid / "valannot")[:4]:
+        image = DecodedImage(read_image(sample.image), "bgr")
+        frame = process_frame(pipeline, image, StreamState(None), OutputRequest(confidence=True))
+        truth = cv2.imread(str(sample.labels), cv2.IMREAD_UNCHANGED)
+        valid = truth != VOID
+        levels.append(frame.confidence[valid])
+        correct.append((frame.label_map == truth)[valid])
+    ece, kept = reference_calibration(np.concatenate(levels), np.concatenate(correct))
+    assert calibration["ece"] == pytest.approx(ece, abs=1e-9)
+    for row in retention:
+        fraction, accuracy = kept[row["threshold"]]
+        assert (row["fraction"], row["accuracy"]) == (pytest.approx(fraction, abs=1e-9),
+                                                      pytest.approx(accuracy, abs=1e-9))
+
+    path = out / "reliability.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = cv2.imread(str(path))
+    assert image is not None and image.shape[0] > 300 and image.std() > 5
+    report = (out / "report.md").read_text()
+    assert "## Confidence calibration" in report and "reliability.png" in report
+    assert f"| 0.9 | {fractions[-1]:.1%} | {accuracies[-1]:.3f} |" in report

@@ -19,17 +19,17 @@ from seg_perception.host_memory import keep_freed_memory
 keep_freed_memory()  # first: importing cv2 starts a thread
 import cv2
 from seg_perception.models.loading import load_model
-from seg_perception.core.pipeline import SegmentationPipeline
+from seg_perception.core.pipeline import OutputRequest, SegmentationPipeline
 frame = cv2.cvtColor(cv2.imread(sys.argv[1]), cv2.COLOR_BGR2RGB)
 model = load_model("espnet-cityscapes", device="cpu")
 faults = []
 def work():
     pipeline = SegmentationPipeline(model)
     for _ in range(2):
-        pipeline.segment_to_host(frame, color_mask=True, overlay_alpha=0.5)
+        pipeline.segment_to_host(frame, "rgb", OutputRequest(True, 0.5))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(4):
-        pipeline.segment_to_host(frame, color_mask=True, overlay_alpha=0.5)
+        pipeline.segment_to_host(frame, "rgb", OutputRequest(True, 0.5))
     faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4)
 thread = threading.Thread(target=work)
 thread.start()

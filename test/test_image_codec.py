@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+import rosbags.image
 
 from seg_perception.core import image_codec
 from seg_perception.core.image_codec import (
@@ -163,6 +164,66 @@ def test_yuv422_yuy2_is_yuyv(encoding):
     np.testing.assert_allclose(out.pixels.astype(float), _yuv_expected(), atol=2)
 
 
+def nv_planes(h: int, w: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Random full-range Y plane (h x w) and interleaved chroma plane (h/2 x w)."""
+    rng = np.random.default_rng(seed)
+    return (
+        rng.integers(0, 256, (h, w), dtype=np.uint8),
+        rng.integers(0, 256, (h // 2, w), dtype=np.uint8),
+    )
+
+
+def bt601_nv_to_rgb(y: np.ndarray, chroma: np.ndarray, encoding: str) -> np.ndarray:
+    """Textbook NV12/NV21 -> RGB: each 2x2 block shares one (U, V), BT.601 limited range."""
+    first, second = chroma[:, 0::2].astype(float), chroma[:, 1::2].astype(float)
+    u, v = (first, second) if encoding == "nv12" else (second, first)
+    d = np.repeat(np.repeat(u - 128, 2, axis=0), 2, axis=1)
+    e = np.repeat(np.repeat(v - 128, 2, axis=0), 2, axis=1)
+    c = y.astype(float) - 16
+    rgb = [1.164 * c + 1.596 * e, 1.164 * c - 0.391 * d - 0.813 * e, 1.164 * c + 2.018 * d]
+    return np.clip(np.dstack(rgb), 0, 255)
+
+
+@pytest.mark.parametrize("encoding", ["nv12", "nv21"])
+def test_nv12_nv21_match_bt601_formula(encoding):
+    # Legal video-range samples (Y 16..235, U/V 16..240): the textbook formula applies as is.
+    assert encoding in SUPPORTED_ENCODINGS
+    y, chroma = nv_planes(6, 8)
+    y = (16 + y.astype(int) * 219 // 255).astype(np.uint8)
+    chroma = (16 + chroma.astype(int) * 224 // 255).astype(np.uint8)
+    out = decode_image(encoding, 6, 8, 8, np.vstack([y, chroma]).tobytes())
+    assert out.channel_order == "rgb" and out.pixels.shape == (6, 8, 3)
+    np.testing.assert_allclose(out.pixels, bt601_nv_to_rgb(y, chroma, encoding), atol=1)
+
+
+def test_nv21_is_nv12_with_chroma_swapped():
+    y, chroma = nv_planes(4, 6)
+    swapped = chroma.reshape(2, 3, 2)[:, :, ::-1].reshape(2, 6)
+    nv12 = decode_image("nv12", 4, 6, 6, np.vstack([y, chroma]).tobytes())
+    nv21 = decode_image("nv21", 4, 6, 6, np.vstack([y, swapped]).tobytes())
+    np.testing.assert_array_equal(nv12.pixels, nv21.pixels)
+    assert len(np.unique(nv12.pixels.reshape(-1, 3), axis=0)) > 12  # not a flat image
+
+
+@pytest.mark.parametrize("encoding", ["nv12", "nv21"])
+def test_nv12_nv21_match_rosbags_image_and_skip_row_padding(encoding):
+    h, w = 8, 10
+    y, chroma = nv_planes(h, w, seed=11)
+    planes = np.vstack([y, chroma])
+    # rosbags-image takes `height` as the buffer's row count (h*3/2) and no row padding;
+    # sensor_msgs (image_encodings getHeightScaling) uses the image height, as we do.
+    reference = rosbags.image.message_to_cvimage(
+        image_msg(encoding, h * 3 // 2, w, w, planes.tobytes()), "rgb8"
+    )
+    out = decode_image(encoding, h, w, w, planes.tobytes())
+    np.testing.assert_array_equal(out.pixels, reference)
+    # Both planes have row stride `step`; the padding after every row is skipped.
+    with_pad = decode_image(encoding, h, w, w + 6, padded(planes, pad=6))
+    np.testing.assert_array_equal(with_pad.pixels, reference)
+    message = image_msg(encoding, h, w, w, planes.tobytes())
+    np.testing.assert_array_equal(decode_image_msg(message).pixels, reference)
+
+
 BAYER_LAYOUTS = {  # encoding -> colours of the 2x2 cell, row-major
     "bayer_rggb8": "RGGB",
     "bayer_bggr8": "BGGR",
@@ -184,6 +245,45 @@ def test_bayer_uniform_colour_demosaics_to_that_colour(encoding):
     assert out.channel_order == "rgb" and out.pixels.shape == (h, w, 3)
     expected = np.broadcast_to(np.array([200, 100, 50], np.uint8), (h, w, 3))
     np.testing.assert_allclose(out.pixels, expected, atol=1)
+
+
+def bayer_mosaic(cell: str, h: int, w: int, colour: dict[str, int]) -> np.ndarray:
+    mosaic = np.zeros((h, w), np.uint8)
+    for i, name in enumerate(cell):
+        mosaic[i // 2 :: 2, i % 2 :: 2] = colour[name]
+    return mosaic
+
+
+@pytest.mark.parametrize("encoding", sorted(BAYER_LAYOUTS))
+@pytest.mark.parametrize(("h", "w"), [(2, 2), (2, 3), (2, 8), (3, 2), (7, 2)])
+def test_bayer_two_pixels_high_or_wide_is_not_black(encoding, h, w):
+    # OpenCV's demosaicing needs 3 rows and columns and returns all zeros below that.
+    mosaic = bayer_mosaic(BAYER_LAYOUTS[encoding], h, w, {"R": 200, "G": 100, "B": 50})
+    out = decode_image(encoding, h, w, w + 3, padded(mosaic, pad=3))
+    assert out.channel_order == "rgb" and out.pixels.shape == (h, w, 3)
+    expected = np.broadcast_to(np.array([200, 100, 50], np.uint8), (h, w, 3))
+    np.testing.assert_array_equal(out.pixels, expected)
+
+
+TRANSPOSED_BAYER = {  # the mosaic's transpose has this pattern (G sites swap rows)
+    "bayer_rggb8": "bayer_rggb8",
+    "bayer_bggr8": "bayer_bggr8",
+    "bayer_gbrg8": "bayer_grbg8",
+    "bayer_grbg8": "bayer_gbrg8",
+}
+
+
+@pytest.mark.parametrize("encoding", sorted(BAYER_LAYOUTS))
+def test_bayer_two_pixels_high_or_wide_keeps_the_picture(encoding):
+    # Left half orange, right half blue: each end keeps its own colour, exactly.
+    cell = BAYER_LAYOUTS[encoding]
+    mosaic = bayer_mosaic(cell, 2, 8, {"R": 200, "G": 100, "B": 50})
+    mosaic[:, 4:] = bayer_mosaic(cell, 2, 4, {"R": 20, "G": 90, "B": 240})
+    wide = decode_image(encoding, 2, 8, 8, mosaic.tobytes()).pixels
+    tall = decode_image(TRANSPOSED_BAYER[encoding], 8, 2, 2, mosaic.T.tobytes()).pixels
+    np.testing.assert_array_equal(tall.transpose(1, 0, 2), wide)
+    np.testing.assert_array_equal(wide[:, :2], np.full((2, 2, 3), [200, 100, 50]))
+    np.testing.assert_array_equal(wide[:, -2:], np.full((2, 2, 3), [20, 90, 240]))
 
 
 # --- row padding ---------------------------------------------------------------------------
@@ -396,7 +496,7 @@ def test_without_cv_bridge_unhandled_encoding_is_format_error(monkeypatch):
         "64FC1",
         "8UC4",
         "bayer_rggb16",
-        "nv21",
+        "nv24",  # nv21 was here until nv12/nv21 became supported
         "RGB8",
         "jpeg",
         "",
@@ -447,6 +547,11 @@ MALFORMED = [
     ({"encoding": "yuv422", "width": 3, "step": 6, "data": bytes(12)}, "odd"),
     ({"encoding": "yuv422_yuy2", "width": 5, "step": 10, "data": bytes(20)}, "odd"),
     ({"encoding": "bayer_rggb8", "height": 1, "step": 4, "data": bytes(4)}, "2x2"),
+    ({"encoding": "nv12", "width": 3, "step": 3, "data": bytes(9)}, "odd"),
+    ({"encoding": "nv21", "height": 3, "step": 4, "data": bytes(18)}, "odd"),
+    ({"encoding": "nv12", "step": 3, "data": bytes(9)}, "step"),
+    ({"encoding": "nv12", "step": 4, "data": bytes(8)}, r"too short.*step\*height\*3/2"),
+    ({"encoding": "nv21", "step": 4, "data": bytes(13)}, "too long"),
 ]
 
 
@@ -609,6 +714,94 @@ def test_compressed_format_strings_accepted_for_png(fmt):
 @pytest.mark.parametrize(
     "fmt",
     [
+        "rgb8; png compressed rgb8",
+        "bgr8; png compressed rgb8",
+        "rgba8; png compressed rgba8",
+        "rgb8; jpeg compressed rgb8",
+    ],
+)
+def test_compressed_rgb_target_is_rgb_as_compressed_image_transport_reads_it(fmt):
+    # compressed_image_transport's subscriber: for a colour original encoding, the decoded
+    # data is BGR only if "compressed bgr" follows the ';', otherwise RGB. Publishers that
+    # write "compressed rgb8" hand their RGB bytes to the encoder unconverted, like this:
+    rgb = smooth_rgb()
+    data = cv2.imencode(".png" if "png" in fmt else ".jpg", rgb)[1].tobytes()
+    out = decode_compressed(fmt, data)
+    assert out.channel_order == "rgb"
+    diff = np.abs(out.to_rgb().astype(int) - rgb.astype(int))
+    assert (diff.max() == 0) if "png" in fmt else (diff.mean() < 2 and diff.max() < 20)
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        "png",
+        "",
+        "rgb8; png compressed bgr8",
+        "bgra8; png compressed bgra8",
+        "8UC3; png compressed rgb8",
+    ],
+)
+def test_compressed_bgr_unless_a_colour_original_names_an_rgb_target(fmt):
+    # 8UC3 is not a colour encoding for image_encodings: the data passes through as 8UC3,
+    # which cv_bridge reads as BGR.
+    rgb = smooth_rgb(8, 16)
+    _, data = encode_compressed(rgb, "png")
+    out = decode_compressed(fmt, data)
+    assert out.channel_order == "bgr"
+    np.testing.assert_array_equal(out.to_rgb(), rgb)
+
+
+def png16(shape: tuple[int, ...]) -> bytes:
+    return cv2.imencode(".png", np.full(shape, 40_000, np.uint16))[1].tobytes()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "shape"),
+    [
+        ("16UC1; png compressed ", (6, 8)),  # what compressed_image_transport writes
+        ("mono16; png compressed ", (6, 8)),
+        ("rgb16; png compressed bgr16", (6, 8, 3)),
+        ("png", (6, 8)),  # the format string need not say it: the PNG header does
+        ("", (6, 8, 3)),
+        ("rgb8; png compressed bgr8", (6, 8, 3)),
+        ("mono8; png compressed ", (6, 8)),
+    ],
+)
+def test_16bit_png_is_refused_like_raw_16bit(fmt, shape):
+    data = png16(shape)
+    with pytest.raises(ImageFormatError, match="16") as info:
+        decode_compressed(fmt, data)
+    message = str(info.value)
+    assert repr(fmt) in message and "8-bit" in message
+    with pytest.raises(ImageFormatError, match="16UC1"):  # the raw counterpart
+        decode_image("16UC1", 6, 8, 16, bytes(96))
+
+
+def test_16bit_original_encoding_is_refused_even_in_an_8bit_jpeg():
+    # compressed_image_transport sends mono16 as an 8-bit JPEG and its subscriber scales
+    # it back to 16 bits; the original is still a 16-bit (depth) image.
+    _, jpeg = encode_compressed(smooth_rgb(8, 8), "jpeg")
+    for fmt in ("mono16; jpeg compressed mono8", "16UC1; jpeg compressed mono8"):
+        with pytest.raises(ImageFormatError, match="more than 8 bits"):
+            decode_compressed(fmt, jpeg)
+
+
+def test_decoded_bit_depth_is_checked_not_only_headers(monkeypatch):
+    _, jpeg = encode_compressed(smooth_rgb(8, 8), "jpeg")
+    real_imdecode = cv2.imdecode
+
+    def imdecode_16bit(buf, flags):  # e.g. a 12-bit JPEG, which OpenCV decodes to uint16
+        return real_imdecode(buf, flags).astype(np.uint16) * 257
+
+    monkeypatch.setattr(image_codec.cv2, "imdecode", imdecode_16bit)
+    with pytest.raises(ImageFormatError, match="uint16"):
+        decode_compressed("rgb8; jpeg compressed bgr8", jpeg)
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
         "tiff",
         "webp",
         "bmp",
@@ -719,6 +912,7 @@ FUZZ_ENCODINGS = [
     b"rgb8",
 ]
 BYTES_PER_PIXEL = {e: s.bpp for e, s in image_codec._SPECS.items()}
+NV_ENCODINGS = ("nv12", "nv21")  # plus height/2 rows of chroma after the Y rows
 
 
 def _random_dim(rng: random.Random):
@@ -745,10 +939,13 @@ def _as_random_buffer(rng: random.Random, raw: bytes) -> object:
 def _random_valid_raw_case(rng: random.Random) -> tuple:
     encoding = rng.choice(SUPPORTED_ENCODINGS)
     height, width = rng.randint(2, 9), rng.randint(1, 9)
-    if encoding.startswith(("yuv", "uyvy")) or encoding.startswith("bayer"):
+    if encoding.startswith(("yuv", "uyvy", "nv")) or encoding.startswith("bayer"):
         width = 2 * rng.randint(1, 5)
+    if encoding in NV_ENCODINGS:
+        height = 2 * rng.randint(1, 4)
+    rows = height * 3 // 2 if encoding in NV_ENCODINGS else height
     step = width * BYTES_PER_PIXEL[encoding] + rng.choice([0, 0, 1, 5])
-    data = _as_random_buffer(rng, bytes(rng.getrandbits(8) for _ in range(step * height)))
+    data = _as_random_buffer(rng, bytes(rng.getrandbits(8) for _ in range(step * rows)))
     return encoding, height, width, step, data, rng.choice([0, 1])
 
 
@@ -760,14 +957,17 @@ def _random_raw_case(rng: random.Random) -> tuple:
     bpp = BYTES_PER_PIXEL.get(encoding, rng.randint(1, 8)) if isinstance(encoding, str) else 3
     valid_geometry = type(height) is int and type(width) is int and height > 0 < width
     if valid_geometry and rng.random() < 0.7:
-        if encoding in ("yuv422", "yuv422_yuy2", "uyvy", "yuyv") and rng.random() < 0.8:
-            width += width % 2
+        if encoding in ("yuv422", "yuv422_yuy2", "uyvy", "yuyv", *NV_ENCODINGS):
+            if rng.random() < 0.8:
+                width += width % 2
+                height += height % 2 if encoding in NV_ENCODINGS else 0
         step = width * bpp + rng.choice([0, 0, 0, 1, 3, 16, -1])
     else:
         step = _random_dim(rng) if rng.random() < 0.5 else rng.randint(-20, 200)
     kind = rng.random()
     if valid_geometry and isinstance(step, int) and 0 <= step * height < 10**6 and kind < 0.8:
-        size = step * height + rng.choice([0, 0, 0, 0, -1, 1, -step, step])
+        rows = height * 3 // 2 if encoding in NV_ENCODINGS else height
+        size = step * rows + rng.choice([0, 0, 0, 0, -1, 1, -step, step])
         data = _as_random_buffer(rng, bytes(rng.getrandbits(8) for _ in range(max(size, 0))))
     else:
         data: object = rng.choice(

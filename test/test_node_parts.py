@@ -12,7 +12,13 @@ import pytest
 import yaml
 
 from seg_perception.core.corridor import DEFAULT_CORRIDOR, Corridor
-from seg_perception.core.stats import FrameStats, LatencyWindow, RateMeter
+from seg_perception.core.stats import (
+    FrameStats,
+    LatencyWindow,
+    RateMeter,
+    StageClock,
+    StarvationMonitor,
+)
 from seg_perception.node.diagnostics import assess_health
 from seg_perception.node.input import StallMonitor, decide_reliability
 from seg_perception.node.params import (
@@ -331,3 +337,29 @@ def test_stall_monitor_needs_a_matched_publisher_and_silence():
     assert monitor.stalled_for(32.0) is None
     monitor.reset()
     assert monitor.stalled_for(40.0) is None
+
+
+def test_starvation_is_the_recent_median_far_above_the_best():
+    monitor = StarvationMonitor(window=10, factor=2.0)
+    assert monitor.starved() is None and monitor.figures_ms() is None
+    for _ in range(10):
+        monitor.add(0.130)
+    assert monitor.figures_ms() == pytest.approx((130.0, 130.0)) and monitor.starved() is None
+    for _ in range(4):
+        monitor.add(2.0)  # a few slow frames: the median still says fine
+    assert monitor.starved() is None
+    for _ in range(3):
+        monitor.add(2.0)
+    assert monitor.starved() == pytest.approx((2000.0, 130.0))
+    health = assess_health(FrameStats(), 1.0, starved=monitor.starved())
+    assert health.level == "WARN" and "CPU-starved" in health.message and "15.4x" in health.message
+    monitor.reset()
+    assert monitor.figures_ms() is None
+
+
+def test_stage_clock_adds_up_each_stage():
+    clock = StageClock()
+    for _ in range(2):
+        with clock("forward"):
+            time.sleep(0.01)
+    assert clock.seconds["forward"] >= 0.02 and list(clock.seconds) == ["forward"]

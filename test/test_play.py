@@ -6,69 +6,16 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from seg_perception.core.image_codec import decode_image_msg
 from seg_perception.fastdds import PROFILE_ENV, find_fastdds_profile, use_fastdds_profile
+from seg_perception.tools.rosgraph import TopicRecorder, ros_env, stamp_ns
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class Receiver:
-    """An rclpy node in the test process (own context, spinning in a thread) that records
-    every message of the topics it subscribes to."""
-
-    def __init__(self, domain_id: int) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node("test_play_receiver", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._lock = threading.Lock()
-        self._received: dict[str, list[Any]] = {}
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-
-        try:
-            self.executor.spin()
-        except ExternalShutdownException:
-            pass
-
-    def subscribe(self, topic: str, msg_type: type, reliable: bool = True,
-                  depth: int = 50) -> None:
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-
-        qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE if reliable
-                         else ReliabilityPolicy.BEST_EFFORT)
-        self._received[topic] = []
-
-        def store(msg: Any) -> None:
-            with self._lock:
-                self._received[topic].append(msg)
-
-        self.node.create_subscription(msg_type, topic, store, qos)
-
-    def messages(self, topic: str) -> list[Any]:
-        with self._lock:
-            return list(self._received.get(topic, []))
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        self.context.try_shutdown()
-        self._thread.join(timeout=5.0)
 
 
 def _play_command(*args: str, verbose: bool = False) -> list[str]:
@@ -78,10 +25,7 @@ def _play_command(*args: str, verbose: bool = False) -> list[str]:
 
 def _player_env(env: dict[str, str]) -> dict[str, str]:
     """The test's ROS domain, and no profile preset: the player must find its own."""
-    env = dict(env)
-    env.pop(PROFILE_ENV, None)
-    env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
-    return env
+    return ros_env(int(env["ROS_DOMAIN_ID"]), base=env, fastdds_profile=False)
 
 
 def _run_player(env: dict[str, str], *args: str, verbose: bool = False
@@ -94,34 +38,29 @@ def _run_player(env: dict[str, str], *args: str, verbose: bool = False
 
 @pytest.fixture
 def probe(ros_env):
-    probe = Receiver(int(ros_env["ROS_DOMAIN_ID"]))
+    """A node of the test process that records what the player publishes."""
+    probe = TopicRecorder("test_play_receiver", domain_id=int(ros_env["ROS_DOMAIN_ID"]),
+                          background=True)
     yield probe
     probe.close()
 
 
 def _stamps(messages) -> list[int]:
-    return [m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec for m in messages]
+    return [stamp_ns(m.header.stamp) for m in messages]
 
 
-def _wait_for(probe: Receiver, topic: str, count: int, timeout: float = 10.0) -> list:
-    """Messages on ``topic`` once ``count`` arrived (or what arrived by the timeout)."""
-    deadline = time.monotonic() + timeout
-    while len(probe.messages(topic)) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return probe.messages(topic)
-
-
+@pytest.mark.slow
 def test_folder_frames_arrive_with_size_encoding_frame_id_and_rising_stamps(
     ros_env, probe, shared, dashcam_still
 ):
     from sensor_msgs.msg import Image
 
-    probe.subscribe("/image", Image)
+    probe.record("/image", Image)
     stills = shared / "data" / "dashcam" / "stills"
     result = _run_player(ros_env, str(stills), "--count", "4", "--rate", "8",
                          "--frame-id", "dashcam", "--encoding", "bgr8", "--print-frames")
     assert result.returncode == 0, result.stderr
-    messages = _wait_for(probe, "/image", 4)
+    messages = probe.wait_count("/image", 4, timeout=10)
     assert len(messages) == 4
     assert {(m.width, m.height, m.encoding, m.header.frame_id) for m in messages} == {
         (1280, 720, "bgr8", "dashcam")
@@ -139,14 +78,15 @@ def test_folder_frames_arrive_with_size_encoding_frame_id_and_rising_stamps(
     assert "published 4 frames on /image (1280x720 bgr8, reliable)" in result.stdout
 
 
+@pytest.mark.slow
 def test_video_resized_with_count_default_frame_id(ros_env, probe, shared):
     from sensor_msgs.msg import Image
 
-    probe.subscribe("/image", Image)
+    probe.record("/image", Image)
     video = shared / "data" / "dashcam" / "highway_720p.mp4"
     result = _run_player(ros_env, str(video), "--count", "10", "--resize", "640x360")
     assert result.returncode == 0, result.stderr
-    messages = _wait_for(probe, "/image", 10)
+    messages = probe.wait_count("/image", 10, timeout=10)
     assert len(messages) == 10
     assert {(m.width, m.height, m.step, m.encoding, m.header.frame_id) for m in messages} == {
         (640, 360, 640 * 3, "rgb8", "camera")
@@ -155,6 +95,7 @@ def test_video_resized_with_count_default_frame_id(ros_env, probe, shared):
     assert "published 10 frames" in result.stdout
 
 
+@pytest.mark.slow
 def test_bag_plays_with_its_recorded_stamps_and_frame_id(ros_env, probe, shared, tmp_path):
     from sensor_msgs.msg import Image
     from test_sources import BAG_STAMPS, _write_bag
@@ -163,10 +104,10 @@ def test_bag_plays_with_its_recorded_stamps_and_frame_id(ros_env, probe, shared,
 
     pixels = [f.pixels_rgb for f in open_source(shared / "data" / "dashcam" / "stills")][:3]
     bag = _write_bag(tmp_path / "bag", pixels, "mcap")
-    probe.subscribe("/image", Image)
+    probe.record("/image", Image)
     result = _run_player(ros_env, str(bag), "--keep-stamps")
     assert result.returncode == 0, result.stderr
-    messages = _wait_for(probe, "/image", 3)
+    messages = probe.wait_count("/image", 3, timeout=10)
     assert [(m.header.stamp.sec, m.header.stamp.nanosec) for m in messages] == BAG_STAMPS
     assert {m.header.frame_id for m in messages} == {"dashcam"}
     np.testing.assert_array_equal(decode_image_msg(messages[2]).to_rgb(), pixels[2])
@@ -183,21 +124,23 @@ def test_profile_is_found_and_a_preset_one_wins(tmp_path):
     assert use_fastdds_profile(env) == mine and env[PROFILE_ENV] == mine
 
 
+@pytest.mark.slow
 def test_best_effort_720p_arrives_with_the_profile(ros_env, probe, shared):
     from sensor_msgs.msg import Image
 
-    probe.subscribe("/image", Image, reliable=False, depth=10)
+    probe.record("/image", Image, reliability="best_effort", depth=10)
     video = shared / "data" / "dashcam" / "highway_720p.mp4"
     result = _run_player(ros_env, str(video), "--reliability", "best_effort",
                          "--count", "30", "--rate", "30", verbose=True)
     assert result.returncode == 0, result.stderr
     assert f"Fast DDS profile: {REPO / 'config' / 'fastdds_shm.xml'}" in result.stderr
-    messages = _wait_for(probe, "/image", 30, timeout=5)
+    messages = probe.wait_count("/image", 30, timeout=5)
     assert len(messages) == 30
     assert {(m.width, m.height) for m in messages} == {(1280, 720)}
     assert "best_effort" in result.stdout
 
 
+@pytest.mark.slow
 def test_lockstep_waits_for_each_output_and_counts_missing_ones(ros_env, probe, shared):
     """The test process plays the node: it echoes every frame's header except the third."""
     from sensor_msgs.msg import Image
@@ -220,10 +163,11 @@ def test_lockstep_waits_for_each_output_and_counts_missing_ones(ros_env, probe, 
     assert "no output for frame 2" in result.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_with_a_summary(ros_env, probe, shared):
     from sensor_msgs.msg import Image
 
-    probe.subscribe("/image", Image)
+    probe.record("/image", Image)
     still = shared / "data" / "dashcam" / "stills" / "test1.jpg"
     player = subprocess.Popen(
         _play_command(str(still), "--loop", "--rate", "20", "--wait-subscribers", "1"),
@@ -231,8 +175,10 @@ def test_ctrl_c_stops_cleanly_with_a_summary(ros_env, probe, shared):
         text=True,
     )
     try:
-        received = _wait_for(probe, "/image", 5, timeout=60)
+        received = probe.wait_count("/image", 5, timeout=60)
         assert len(received) >= 5  # looping a single image keeps publishing
+        # a name of its own: two players never register the same node name
+        assert f"seg_perception_player_{player.pid}" in probe.node.get_node_names()
     finally:
         player.send_signal(signal.SIGINT)
         out, err = player.communicate(timeout=30)
@@ -256,3 +202,12 @@ def test_module_does_not_import_rclpy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, cwd=Path(REPO))
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_help_does_not_import_torch():
+    """``play --help`` loads only the play tool, and play needs no torch: it answers at once."""
+    code = ("import sys\nfrom seg_perception.cli import main\ntry:\n    main(['play', '--help'])\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules, 'rclpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"}, cwd=REPO)
+    assert out.stdout.strip().splitlines()[-1] == "False False", out.stderr

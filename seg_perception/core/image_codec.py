@@ -8,6 +8,7 @@ This is the single place where camera bytes become pixels, so it is on the hot p
 * Zero-copy where the layout allows it: packed 8-bit RGB/BGR(A) become numpy *views* of
   the message buffer (row padding and alpha are skipped by strides, not copied). Encodings
   that need arithmetic (mono, YUV, Bayer) pay exactly one ``cv2.cvtColor`` pass.
+* Only 8-bit camera images: 16-bit (depth, mono16) data is refused, raw or compressed.
 * Untrusted input never crashes the node: every malformed message raises
   :class:`ImageFormatError` (encoding) or :class:`ImageConversionError` (geometry/data),
   both ``ValueError`` subclasses, with a message that names the problem.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import array
 import functools
 import operator
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -116,9 +118,16 @@ _SPECS: dict[str, _Spec] = {
     "bayer_bggr8": _Spec(1, "rgb", _bayer_code("COLOR_BayerBGGR2RGB", "COLOR_BayerRG2RGB")),
     "bayer_gbrg8": _Spec(1, "rgb", _bayer_code("COLOR_BayerGBRG2RGB", "COLOR_BayerGR2RGB")),
     "bayer_grbg8": _Spec(1, "rgb", _bayer_code("COLOR_BayerGRBG2RGB", "COLOR_BayerGB2RGB")),
+    # YUV 4:2:0 semi-planar (V4L2 NV12/NV21): the full-resolution Y plane, then per two
+    # image rows one row of interleaved U,V (nv12) or V,U (nv21) samples; both planes use
+    # row stride `step`, so data is step*height*3/2 bytes. OpenCV: BT.601 limited ("video")
+    # range as for yuv422 (Y below 16 clamped to 16), one chroma sample per 2x2 block.
+    "nv12": _Spec(1, "rgb", cv2.COLOR_YUV2RGB_NV12),
+    "nv21": _Spec(1, "rgb", cv2.COLOR_YUV2RGB_NV21),
 }
 
 _YUV422_ENCODINGS = frozenset({"yuv422", "uyvy", "yuv422_yuy2", "yuyv"})
+_YUV420SP_ENCODINGS = frozenset({"nv12", "nv21"})
 _BAYER_ENCODINGS = frozenset(e for e in _SPECS if e.startswith("bayer_"))
 
 SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_SPECS)
@@ -131,9 +140,19 @@ _CODEC_ALIASES = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png"}
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # IGNORE_ORIENTATION: EXIF rotation would silently swap H and W behind the header check.
-_IMDECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+# ANYDEPTH: a 16-bit payload stays 16-bit (and is refused) instead of being scaled to 8 bits.
+_IMDECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
 # JPEG start-of-frame markers (carry the frame size); C4/C8/CC are DHT/JPG/DAC.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# sensor_msgs image_encodings isColor(): with one of these before the ';',
+# compressed_image_transport reads the decoded data as RGB unless "compressed bgr" follows.
+_COLOUR_ENCODINGS = frozenset(
+    f"{name}{bits}" for name in ("rgb", "bgr", "rgba", "bgra") for bits in (8, 16)
+) | {"yuv422", "yuv422_yuy2", "uyvy", "yuyv", "nv12", "nv21", "nv24"}
+# Encodings with more than 8 bits per channel (image_encodings bitDepth() > 8).
+_WIDE_ENCODING = re.compile(
+    r"(?:mono|rgb|bgr|rgba|bgra|bayer_(?:rggb|bggr|gbrg|grbg))16|(?:16|32|64)[USF]C\d*"
+)
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -228,18 +247,26 @@ def decode_image(
         raise ImageConversionError(
             f"width {w} is odd; {encoding!r} packs two pixels per 4 bytes and needs even width"
         )
+    planar = encoding in _YUV420SP_ENCODINGS
+    if planar and (w % 2 or h % 2):
+        raise ImageConversionError(
+            f"{w}x{h} (WxH) has an odd side; {encoding!r} shares one chroma sample per 2x2 "
+            f"pixels and needs even width and height"
+        )
     buf = _as_buffer(data)
-    expected = step_i * h
+    # Semi-planar YUV 4:2:0: h rows of Y, then h/2 rows of interleaved chroma.
+    buffer_rows = h * 3 // 2 if planar else h
+    expected = step_i * buffer_rows
     if buf.size != expected:
         problem = "too short" if buf.size < expected else "too long"
+        formula = f"step*height*3/2 = {step_i}*{h}*3/2" if planar else f"step*height = {step_i}*{h}"
         raise ImageConversionError(
-            f"image data is {problem}: {buf.size} bytes, expected step*height = "
-            f"{step_i}*{h} = {expected}"
+            f"image data is {problem}: {buf.size} bytes, expected {formula} = {expected}"
         )
 
     # Rows of `step` bytes, padding sliced off; splitting the unit-stride last axis into
     # (w, bpp) is always a view, so this never copies.
-    rows = buf.reshape(h, step_i)[:, :row_bytes]
+    rows = buf.reshape(buffer_rows, step_i)[:, :row_bytes]
     if spec.cvt is None:
         pixels = rows.reshape(h, w, bpp)
         if bpp == 3:
@@ -251,11 +278,27 @@ def decode_image(
     src = rows.reshape(h, w, 2) if bpp == 2 else rows
     if encoding in _BAYER_ENCODINGS and (h < 2 or w < 2):
         raise ImageConversionError(f"{encoding!r} needs at least 2x2 pixels, got {w}x{h}")
+    if encoding in _BAYER_ENCODINGS and 2 in (h, w):
+        return DecodedImage(_demosaic_thin(src, spec.cvt), spec.order)
     try:
         rgb = cv2.cvtColor(src, spec.cvt)
     except cv2.error as exc:  # defensive: geometry was validated above
         raise ImageConversionError(f"cv2 failed to convert {encoding!r} {w}x{h}: {exc}") from None
     return DecodedImage(rgb, spec.order)
+
+
+def _demosaic_thin(mosaic: np.ndarray, code: int) -> np.ndarray:
+    """Demosaic a mosaic 2 pixels high or wide, which OpenCV turns into all zeros.
+
+    OpenCV's Bayer conversions need 3 rows and columns. Mirroring the short side by 2
+    (reflect-101 keeps every pixel's position in the 2x2 colour pattern) gives OpenCV
+    enough rows; the crop is what a mirrored-border bilinear demosaic would produce.
+    """
+    h, w = mosaic.shape
+    pad_h, pad_w = (2 if h == 2 else 0), (2 if w == 2 else 0)
+    padded = np.pad(mosaic, ((pad_h, pad_h), (pad_w, pad_w)), mode="reflect")
+    rgb = cv2.cvtColor(padded, code)
+    return np.ascontiguousarray(rgb[pad_h : pad_h + h, pad_w : pad_w + w])
 
 
 @functools.cache
@@ -311,24 +354,27 @@ def decode_image_msg(msg: Any, max_pixels: int | None = None) -> DecodedImage:
 # --- compressed decoding ---------------------------------------------------------------
 
 
-def _parse_compressed_format(fmt: Any) -> str | None:
-    """Codec named by a CompressedImage.format string; None when the string is empty.
+def _parse_compressed_format(fmt: Any) -> tuple[str | None, ChannelOrder]:
+    """(codec or None if the string is empty, order of the decoded data) of a format string.
 
     Accepts bare codecs ("jpeg", "png") and the image_transport form
-    "<orig encoding>; <codec> compressed <target encoding>".
+    "<orig encoding>; <codec> compressed <target encoding>". Order as compressed_image_transport's
+    subscriber reads it: for a colour original, BGR only if "compressed bgr" follows the ';'
+    (its publisher's "rgb8; jpeg compressed bgr8"), else RGB (older publishers' "rgb8; jpeg
+    compressed rgb8"); BGR for bare codecs and non-colour originals.
     """
     if not isinstance(fmt, str):
         raise ImageFormatError(f"CompressedImage format must be a str, got {fmt!r:.40}")
-    text = fmt.strip().lower()
+    text = fmt.strip()
     if not text:
-        return None
-    if "compresseddepth" in text:
+        return None, "bgr"
+    if "compresseddepth" in text.lower():
         raise ImageFormatError(
             f"compressed depth format {fmt!r} is not supported; supported formats: "
             f"{', '.join(SUPPORTED_COMPRESSED_FORMATS)}"
         )
-    part = text.split(";", 1)[1] if ";" in text else text
-    tokens = part.split()
+    original, sep, rest = text.partition(";")
+    tokens = (rest if sep else text).lower().split()
     codec = _CODEC_ALIASES.get(tokens[0]) if tokens else None
     if codec is None:
         raise ImageFormatError(
@@ -336,7 +382,19 @@ def _parse_compressed_format(fmt: Any) -> str | None:
             f"{', '.join(SUPPORTED_COMPRESSED_FORMATS)} (optionally as "
             f"'<encoding>; <format> compressed <encoding>')"
         )
-    return codec
+    original = original.strip() if sep else ""
+    if _WIDE_ENCODING.fullmatch(original):
+        raise _wide_error(fmt, f"{original!r} image (more than 8 bits per channel)")
+    rgb = original in _COLOUR_ENCODINGS and "compressed bgr" not in rest
+    return codec, "rgb" if rgb else "bgr"
+
+
+def _wide_error(fmt: Any, what: str) -> ImageFormatError:
+    return ImageFormatError(
+        f"{what} in CompressedImage format {fmt!r} is not supported: segmentation needs an "
+        f"8-bit colour or grey camera image; 16-bit (depth, mono16) data is refused, "
+        f"compressed or raw"
+    )
 
 
 def _jpeg_size(buf: memoryview) -> tuple[int, int] | None:
@@ -394,15 +452,17 @@ def decode_compressed(
     data: Any,
     max_pixels: int | None = None,
 ) -> DecodedImage:
-    """Decode a sensor_msgs/CompressedImage payload (JPEG or PNG) to HxWx3 BGR.
+    """Decode a sensor_msgs/CompressedImage payload (JPEG or PNG) to 8-bit HxWx3 BGR/RGB.
 
-    The format string gates which codecs are accepted; the payload's magic bytes pick
-    the decoder, and anything that is not JPEG/PNG is refused before it reaches OpenCV
-    (which would otherwise happily parse TIFF, EXR, ...). With ``max_pixels`` the frame
-    size is read from the PNG IHDR / JPEG SOF header first, so decompression bombs are
-    refused before OpenCV allocates anything; without it there is no size limit.
+    The format string gates which codecs are accepted and says whether the data is BGR or
+    RGB; the payload's magic bytes pick the decoder, and anything that is not JPEG/PNG is
+    refused before it reaches OpenCV (which would otherwise happily parse TIFF, EXR, ...).
+    16-bit payloads are refused by PNG header and by decoded depth, whatever the format
+    says. With ``max_pixels`` the frame size is read from the PNG IHDR / JPEG SOF header
+    first, so decompression bombs are refused before OpenCV allocates anything; without it
+    there is no size limit.
     """
-    codec = _parse_compressed_format(format)
+    codec, order = _parse_compressed_format(format)
     buf = _as_buffer(data)
     if buf.size == 0:
         raise ImageConversionError("compressed image data is empty")
@@ -411,6 +471,8 @@ def decode_compressed(
         size = _jpeg_size(head)
     elif bytes(head[:8]) == _PNG_MAGIC:
         size = _png_size(head)
+        if head[24] == 16:  # IHDR bit depth (1/2/4-bit PNGs are expanded to 8 bits)
+            raise _wide_error(format, "16-bit PNG")
     else:
         expected = codec or "JPEG/PNG"
         raise ImageConversionError(
@@ -420,15 +482,17 @@ def decode_compressed(
     if size is not None:
         _check_max_pixels(size[0], size[1], max_pixels)
     try:
-        bgr = cv2.imdecode(buf, _IMDECODE_FLAGS)
+        pixels = cv2.imdecode(buf, _IMDECODE_FLAGS)
     except cv2.error as exc:
         raise ImageConversionError(f"corrupt compressed image ({format!r}): {exc}") from None
-    if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.size == 0:
+    if pixels is None or pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.size == 0:
         raise ImageConversionError(
             f"corrupt compressed image ({format!r}): OpenCV could not decode {buf.size} bytes"
         )
-    _check_max_pixels(bgr.shape[0], bgr.shape[1], max_pixels)
-    return DecodedImage(bgr, "bgr")
+    if pixels.dtype != np.uint8:  # the decoded depth, whatever the header claimed
+        raise _wide_error(format, f"image decoded to {pixels.dtype}")
+    _check_max_pixels(pixels.shape[0], pixels.shape[1], max_pixels)
+    return DecodedImage(pixels, order)
 
 
 def decode_compressed_msg(msg: Any, max_pixels: int | None = None) -> DecodedImage:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,10 +24,43 @@ ChannelOrder = Literal["rgb", "bgr"]
 Timer = Callable[[str], AbstractContextManager[object]]
 
 ALPHA_ONE = 128  # overlay blending in int16 fixed point on the GPU: alpha 1.0 == 128
+UNKNOWN_ID = 255  # label-map id of pixels whose confidence is below min_confidence
 
 
 def untimed(name: str) -> AbstractContextManager[object]:
     return nullcontext()
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    """Which optional outputs to compute for a frame (the label map always is).
+
+    ``confidence``: the max class probability per pixel, 0..255. ``min_confidence`` > 0:
+    pixels whose max class probability is below it get :data:`UNKNOWN_ID` in the label map.
+    """
+
+    color_mask: bool = False
+    overlay_alpha: float | None = None  # None: no overlay
+    confidence: bool = False
+    min_confidence: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.overlay_alpha is not None and not 0.0 <= self.overlay_alpha <= 1.0:
+            raise ValueError(f"overlay alpha must be within [0, 1], got {self.overlay_alpha}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be within [0, 1], got {self.min_confidence}")
+
+
+@dataclass(frozen=True)
+class FrameJob:
+    """One frame for a batch: pixels (HxWx3 uint8 in ``channel_order``), the outputs asked
+    for, and its stream's smoother and stamp."""
+
+    pixels: np.ndarray
+    channel_order: str = "rgb"
+    request: OutputRequest = OutputRequest()
+    smoother: Any = None
+    stamp_s: float | None = None
 
 
 @dataclass
@@ -38,9 +71,35 @@ class HostSegmentation:
     what you keep longer.
     """
 
-    label_map: np.ndarray  # HxW uint8 class ids
+    label_map: np.ndarray  # HxW uint8 class ids (UNKNOWN_ID: below min_confidence)
     color_mask: np.ndarray | None = None  # HxWx3 uint8 RGB
     overlay: np.ndarray | None = None  # HxWx3 uint8 RGB
+    confidence: np.ndarray | None = None  # HxW uint8, 255 = probability 1
+
+
+def class_maps(scores: torch.Tensor, probabilities: bool, confidence: bool,
+               min_confidence: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """1xCxhxw class scores -> (hxw uint8 labels, hxw uint8 confidence or None) at network
+    resolution, on the scores' device.
+
+    ``scores`` are logits, or class probabilities when ``probabilities`` (a smoothed
+    average). Confidence is the max class probability: the max of the probabilities, or
+    ``1 / sum(exp(logits - max))`` from logits. ``torch.max`` gives the argmax too, and is
+    about twice as fast as ``torch.argmax`` on channels-last CPU logits.
+    """
+    values, index = torch.max(scores, 1)
+    conf = None
+    if confidence or min_confidence > 0.0:
+        if probabilities:
+            conf = values
+        else:
+            conf = (scores - values.unsqueeze(1)).exp_().sum(1).reciprocal_()
+    labels = index[0].to(torch.uint8)
+    if min_confidence > 0.0:
+        labels[conf[0] < min_confidence] = UNKNOWN_ID
+    if not confidence:
+        return labels, None
+    return labels, conf[0].mul(255.0).round_().to(torch.uint8)
 
 
 @lru_cache(maxsize=16)
@@ -106,9 +165,14 @@ class Backend:
         m = meta.size_multiple
         return max(m, round(height / m) * m), max(m, round(width / m) * m)
 
-    def segment_to_host(self, pixels: np.ndarray, channel_order: str, color_mask: bool,
-                        overlay_alpha: float | None, stage: Timer) -> HostSegmentation:
+    def segment_to_host(self, job: FrameJob, stage: Timer, slot: int = 0) -> HostSegmentation:
+        """One frame; its outputs go to the reused buffers of ``slot``."""
         raise NotImplementedError
+
+    def segment_batch(self, jobs: list[FrameJob], stage: Timer) -> list[HostSegmentation]:
+        """Several frames, each into the buffers of its own slot (one at a time here; a back
+        end that gains from batches overrides this)."""
+        return [self.segment_to_host(job, stage, slot) for slot, job in enumerate(jobs)]
 
     def network_input(self, pixels: np.ndarray, channel_order: str) -> torch.Tensor:
         raise NotImplementedError

@@ -16,9 +16,11 @@ import torch
 
 from seg_perception.core.pipeline_base import (
     Backend,
+    FrameJob,
     HostBuffers,
     HostSegmentation,
     Timer,
+    class_maps,
     nearest_indices,
 )
 from seg_perception.models.loading import LoadedModel, run_network
@@ -80,39 +82,42 @@ class CpuBackend(Backend):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return run_network(self.model, x)
 
-    def labels(self, logits: torch.Tensor, height: int, width: int) -> np.ndarray:
-        """argmax at network resolution (torch), then uint8 and exact nearest gathers (numpy),
-        into the reused label-map buffer."""
-        h, w = logits.shape[-2:]
-        index = self._work.tensor("argmax", (1, h, w), torch.int64)
-        with torch.inference_mode():
-            torch.argmax(logits, 1, out=index)
-        small = self._work.array("labels_small", (h, w))
-        np.copyto(small, index.numpy()[0], casting="unsafe")
-        rows = self._work.array("labels_rows", (height, w))
-        out = self._out.array("label_map", (height, width))
-        return upsample_labels(small, out, rows)
+    def _upsampled(self, name: str, small: torch.Tensor, height: int, width: int) -> np.ndarray:
+        """An hxw uint8 map brought to the frame size, into the reused output ``name``."""
+        rows = self._work.array("upsample_rows", (height, small.shape[1]))
+        return upsample_labels(small.numpy(), self._out.array(name, (height, width)), rows)
 
-    def segment_to_host(self, pixels: np.ndarray, channel_order: str, color_mask: bool,
-                        overlay_alpha: float | None, stage: Timer) -> HostSegmentation:
+    def segment_to_host(self, job: FrameJob, stage: Timer, slot: int = 0) -> HostSegmentation:
+        pixels, channel_order, request = job.pixels, job.channel_order, job.request
+        smoother, stamp_s = job.smoother, job.stamp_s
         height, width = pixels.shape[:2]
         with stage("preprocess"):
             x = self.network_input(pixels, channel_order)
         with stage("forward"):
-            logits = self.forward(x)
-        with stage("postprocess"):
-            labels = self.labels(logits, height, width)
+            scores = self.forward(x)
+        with torch.inference_mode():
+            if smoother is not None:
+                with stage("smoothing"):
+                    scores = smoother.update(scores, stamp_s)
+            with stage("postprocess"):
+                small_labels, small_conf = class_maps(scores, smoother is not None,
+                                                      request.confidence, request.min_confidence)
+                labels = self._upsampled(f"label_map{slot}", small_labels, height, width)
+                conf = None
+                if small_conf is not None:
+                    conf = self._upsampled(f"confidence{slot}", small_conf, height, width)
         colour = overlay = None
-        if color_mask or overlay_alpha is not None:
+        alpha = request.overlay_alpha
+        if request.color_mask or alpha is not None:
             with stage("color_mask"):
-                colour = self._out.array("color_mask", (height, width, 3))
+                colour = self._out.array(f"color_mask{slot}", (height, width, 3))
                 cv2.applyColorMap(labels, self._palette_lut, dst=colour)
-        if overlay_alpha is not None:
+        if alpha is not None:
             with stage("overlay"):
-                overlay = self._out.array("overlay", (height, width, 3))
+                overlay = self._out.array(f"overlay{slot}", (height, width, 3))
                 rgb = pixels
                 if channel_order == "bgr":
                     rgb = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB,
                                        dst=self._work.array("rgb_frame", pixels.shape))
-                cv2.addWeighted(rgb, 1.0 - overlay_alpha, colour, overlay_alpha, 0.0, dst=overlay)
-        return HostSegmentation(labels, colour if color_mask else None, overlay)
+                cv2.addWeighted(rgb, 1.0 - alpha, colour, alpha, 0.0, dst=overlay)
+        return HostSegmentation(labels, colour if request.color_mask else None, overlay, conf)

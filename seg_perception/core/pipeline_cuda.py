@@ -23,9 +23,12 @@ import torch.nn.functional as F
 from seg_perception.core.pipeline_base import (
     ALPHA_ONE,
     Backend,
+    FrameJob,
     HostBuffers,
     HostSegmentation,
+    OutputRequest,
     Timer,
+    class_maps,
     nearest_indices,
     untimed,
 )
@@ -74,8 +77,8 @@ class CudaBackend(Backend):
         self._host = HostBuffers(pinned=True)
         self._stream = torch.cuda.Stream(device)
         self._done = torch.cuda.Event(blocking=True)  # the host sleeps instead of spinning
-        self._upload_done = torch.cuda.Event()
-        self._graphs: dict[tuple[int, int, str], _CudaGraph] = {}
+        self._upload_done: dict[int, torch.cuda.Event] = {}  # per slot
+        self._graphs: dict[tuple[int, int, str, OutputRequest], _CudaGraph] = {}
         torch.backends.cudnn.benchmark = True  # fixed sizes: pick the fastest conv once
 
     @contextmanager
@@ -87,17 +90,19 @@ class CudaBackend(Backend):
             yield
         caller.wait_stream(self._stream)
 
-    def upload(self, pixels: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
-        """HxWx3 uint8 (any strides) -> device tensor: one host copy into the reused pinned
-        buffer, then a non-blocking copy on the back end's stream."""
-        staging = self._host.tensor("upload", tuple(pixels.shape))
-        self._upload_done.synchronize()  # the previous frame's copy has left the buffer
+    def upload(self, pixels: np.ndarray, out: torch.Tensor | None = None,
+               slot: int = 0) -> torch.Tensor:
+        """HxWx3 uint8 (any strides) -> device tensor: one host copy into the slot's reused
+        pinned buffer, then a non-blocking copy on the back end's stream."""
+        staging = self._host.tensor(f"upload{slot}", tuple(pixels.shape))
+        done = self._upload_done.setdefault(slot, torch.cuda.Event())
+        done.synchronize()  # the previous frame's copy has left the buffer
         np.copyto(staging.numpy(), pixels)
         with self._on_stream():
             if out is None:
                 out = torch.empty(staging.shape, dtype=torch.uint8, device=self.device)
             out.copy_(staging, non_blocking=True)
-            self._upload_done.record(self._stream)
+            done.record(self._stream)
         return out
 
     def preprocess(self, frame: torch.Tensor, channel_order: str) -> torch.Tensor:
@@ -113,25 +118,38 @@ class CudaBackend(Backend):
         x = torch.addcmul(self._bias, x, self._scale)
         return x.contiguous(memory_format=torch.channels_last)
 
-    def device_frame(self, frame: torch.Tensor, channel_order: str, colours: bool,
-                     weight: int | torch.Tensor | None, stage: Timer):
-        """Device frame -> (labels, colour mask or None, overlay or None), all on the GPU."""
+    def finish(self, frame: torch.Tensor, scores: torch.Tensor, job: FrameJob,
+               weight: int | torch.Tensor | None, stage: Timer) -> tuple[torch.Tensor, ...]:
+        """A frame's 1xCxhxw network output -> (labels, confidence, colour mask, overlay; the
+        last three None when not asked for), all on the GPU."""
         height, width = frame.shape[:2]
-        with stage("preprocess"):
-            x = self.preprocess(frame, channel_order)
-        with stage("forward"):
-            logits = run_network(self.model, x)
+        request, smoother = job.request, job.smoother
+        if smoother is not None:
+            with stage("smoothing"):
+                scores = smoother.update(scores, job.stamp_s)
         with stage("postprocess"):
-            labels = upsample_labels(logits.argmax(1)[0].to(torch.uint8), height, width)
+            small_labels, small_conf = class_maps(scores, smoother is not None,
+                                                  request.confidence, request.min_confidence)
+            labels = upsample_labels(small_labels, height, width)
+            conf = None if small_conf is None else upsample_labels(small_conf, height, width)
         colour = overlay = None
-        if colours or weight is not None:
+        if request.color_mask or weight is not None:
             with stage("color_mask"):
                 colour = self._palette[labels.long()]
         if weight is not None:
             with stage("overlay"):
-                rgb = frame if channel_order == "rgb" else frame.flip(2)
+                rgb = frame if job.channel_order == "rgb" else frame.flip(2)
                 overlay = blend(rgb, colour, weight)
-        return labels, colour, overlay
+        return labels, conf, colour, overlay
+
+    def device_frame(self, frame: torch.Tensor, job: FrameJob,
+                     weight: int | torch.Tensor | None, stage: Timer) -> tuple[torch.Tensor, ...]:
+        """Device frame -> :meth:`finish`'s outputs: the whole frame on the GPU."""
+        with stage("preprocess"):
+            x = self.preprocess(frame, job.channel_order)
+        with stage("forward"):
+            scores = run_network(self.model, x)
+        return self.finish(frame, scores, job, weight, stage)
 
     def network_input(self, pixels: np.ndarray, channel_order: str) -> torch.Tensor:
         frame = self.upload(pixels)
@@ -142,48 +160,87 @@ class CudaBackend(Backend):
         with self._on_stream():
             return run_network(self.model, x)
 
-    def segment_to_host(self, pixels: np.ndarray, channel_order: str, color_mask: bool,
-                        overlay_alpha: float | None, stage: Timer) -> HostSegmentation:
-        weight = None if overlay_alpha is None else round(overlay_alpha * ALPHA_ONE)
-        if self.cuda_graph:
-            graph = self._graph_for(pixels.shape[0], pixels.shape[1], channel_order)
+    def segment_to_host(self, job: FrameJob, stage: Timer, slot: int = 0) -> HostSegmentation:
+        weight = _blend_weight(job.request)
+        if self.cuda_graph and job.smoother is None:  # a smoother's state lives outside
+            pixels = job.pixels
+            graph = self._graph_for(pixels.shape[0], pixels.shape[1], job.channel_order,
+                                    job.request)
             with stage("graph"):
-                self.upload(pixels, out=graph.frame)
+                self.upload(pixels, out=graph.frame, slot=slot)
                 with self._on_stream():
                     graph.replay(weight)
-                return self._download(graph.labels, graph.colour if color_mask else None,
-                                      graph.overlay if weight is not None else None)
+                outputs = (graph.labels, graph.confidence, graph.colour, graph.overlay)
+                return self._download([(outputs, job.request, slot)])[0]
         with stage("upload"):
-            frame = self.upload(pixels)
+            frame = self.upload(job.pixels, slot=slot)
         with self._on_stream():
-            labels, colour, overlay = self.device_frame(frame, channel_order, color_mask,
-                                                        weight, stage)
+            outputs = self.device_frame(frame, job, weight, stage)
         with stage("download"):
-            return self._download(labels, colour if color_mask else None, overlay)
+            return self._download([(outputs, job.request, slot)])[0]
 
-    def _download(self, labels: torch.Tensor, colour: torch.Tensor | None,
-                  overlay: torch.Tensor | None) -> HostSegmentation:
-        """Non-blocking copies into reused pinned buffers, then the frame's one wait."""
-        host = [None, None, None]
+    def segment_batch(self, jobs: list[FrameJob], stage: Timer) -> list[HostSegmentation]:
+        """One network call for all the frames (same network input size), one wait."""
+        if len(jobs) == 1:
+            return [self.segment_to_host(jobs[0], stage)]
+        with stage("upload"):
+            frames = [self.upload(job.pixels, slot=slot) for slot, job in enumerate(jobs)]
         with self._on_stream():
-            for index, (name, tensor) in enumerate(
-                    (("label_map", labels), ("color_mask", colour), ("overlay", overlay))):
-                if tensor is not None:
-                    host[index] = self._host.tensor(name, tuple(tensor.shape))
-                    host[index].copy_(tensor, non_blocking=True)
+            with stage("preprocess"):
+                x = torch.cat([self.preprocess(frame, job.channel_order)
+                               for frame, job in zip(frames, jobs, strict=True)])
+            with stage("forward"):
+                scores = run_network(self.model, x)
+            outputs = [self.finish(frame, scores[index:index + 1], job,
+                                   _blend_weight(job.request), stage)
+                       for index, (frame, job) in enumerate(zip(frames, jobs, strict=True))]
+        with stage("download"):
+            return self._download([(out, job.request, slot)
+                                   for slot, (out, job) in enumerate(zip(outputs, jobs,
+                                                                          strict=True))])
+
+    def _download(self, frames: list[tuple[tuple[torch.Tensor | None, ...], OutputRequest, int]]
+                  ) -> list[HostSegmentation]:
+        """Non-blocking copies of each frame's labels and the confidence, colour mask and
+        overlay it asked for into its slot's reused pinned buffers, then one wait."""
+        names = ("label_map", "confidence", "color_mask", "overlay")
+        results = []
+        with self._on_stream():
+            for outputs, request, slot in frames:
+                wanted = (True, request.confidence, request.color_mask,
+                          request.overlay_alpha is not None)
+                host: list[np.ndarray | None] = []
+                for name, tensor, keep in zip(names, outputs, wanted, strict=True):
+                    if tensor is None or not keep:
+                        host.append(None)
+                        continue
+                    buffer = self._host.tensor(f"{name}{slot}", tuple(tensor.shape))
+                    buffer.copy_(tensor, non_blocking=True)
+                    host.append(buffer.numpy())
+                labels, conf, colour, overlay = host
+                results.append(HostSegmentation(labels, colour, overlay, conf))
             self._done.record(self._stream)
         self._done.synchronize()
-        return HostSegmentation(*(None if t is None else t.numpy() for t in host))
+        return results
 
-    def _graph_for(self, height: int, width: int, channel_order: str) -> _CudaGraph:
-        key = (height, width, channel_order)
+    def _graph_for(self, height: int, width: int, channel_order: str,
+                   request: OutputRequest) -> _CudaGraph:
+        # The graph always makes every image; whether it computes confidence and which
+        # min_confidence it applies are baked into it.
+        baked = OutputRequest(True, 0.5, request.confidence, request.min_confidence)
+        key = (height, width, channel_order, baked)
         graph = self._graphs.pop(key, None)
         if graph is None:
             while len(self._graphs) >= _MAX_GRAPHS:
                 self._graphs.pop(next(iter(self._graphs)))  # least recently used
-            graph = _CudaGraph(self, height, width, channel_order)
+            graph = _CudaGraph(self, height, width, channel_order, baked)
         self._graphs[key] = graph  # most recently used last
         return graph
+
+
+def _blend_weight(request: OutputRequest) -> int | None:
+    alpha = request.overlay_alpha
+    return None if alpha is None else round(alpha * ALPHA_ONE)
 
 
 class _CudaGraph:
@@ -192,7 +249,8 @@ class _CudaGraph:
     The graph reads a static device frame and a 0-d blend weight and writes static outputs.
     """
 
-    def __init__(self, backend: CudaBackend, height: int, width: int, order: str) -> None:
+    def __init__(self, backend: CudaBackend, height: int, width: int, order: str,
+                 request: OutputRequest) -> None:
         device = backend.device
         self.frame = torch.zeros((height, width, 3), dtype=torch.uint8, device=device)
         self.weight = torch.zeros((), dtype=torch.int16, device=device)
@@ -201,14 +259,16 @@ class _CudaGraph:
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream), torch.inference_mode():
             for _ in range(3):  # TorchScript profiles and fuses, cuDNN picks kernels
-                self._body(backend, order)
+                self._body(backend, order, request)
         stream.synchronize()
         self.graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(self.graph, stream=stream):
-            self.labels, self.colour, self.overlay = self._body(backend, order)
+            self.labels, self.confidence, self.colour, self.overlay = self._body(
+                backend, order, request)
 
-    def _body(self, backend: CudaBackend, order: str):
-        return backend.device_frame(self.frame, order, True, self.weight, untimed)
+    def _body(self, backend: CudaBackend, order: str, request: OutputRequest):
+        return backend.device_frame(self.frame, FrameJob(self.frame, order, request),
+                                    self.weight, untimed)
 
     def replay(self, weight: int | None) -> None:
         """On the back end's stream (the caller's context): set the blend weight, replay."""

@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-__all__ = ["FrameStats", "LatencyWindow", "RateMeter", "percentiles_ms"]
+__all__ = [
+    "FrameStats",
+    "LatencyWindow",
+    "RateMeter",
+    "StageClock",
+    "StarvationMonitor",
+    "percentiles_ms",
+]
 
 
 class RateMeter:
@@ -121,3 +130,59 @@ def percentiles_ms(seconds: Iterable[float],
     for value in values:
         window.add(value)
     return window.percentiles_ms(points)
+
+
+class StageClock:
+    """The wall time of each stage of one frame: ``with clock("forward"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+class StarvationMonitor:
+    """Notices a CPU-starved network: recent forward passes far slower than the best one.
+
+    The best forward time since the model loaded stands for the machine's quiet figure (on a
+    shared computer some frames always get the cores). Starved while the median of the last
+    ``window`` frames exceeds ``factor`` times it.
+    """
+
+    def __init__(self, window: int = 20, factor: float = 2.0) -> None:
+        self.factor = factor
+        self._recent: deque[float] = deque(maxlen=window)
+        self._best = math.inf
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self._recent.append(seconds)
+            self._best = min(self._best, seconds)
+
+    def reset(self) -> None:
+        """A new model: its forward time is another figure."""
+        with self._lock:
+            self._recent.clear()
+            self._best = math.inf
+
+    def figures_ms(self) -> tuple[float, float] | None:
+        """(median of the recent forward passes, best) in ms, once there are a few."""
+        with self._lock:
+            if len(self._recent) < min(5, self._recent.maxlen or 5):
+                return None
+            recent = sorted(self._recent)
+            return recent[len(recent) // 2] * 1e3, self._best * 1e3
+
+    def starved(self) -> tuple[float, float] | None:
+        """(recent median, best) in ms while starved, else None."""
+        figures = self.figures_ms()
+        if figures is None or figures[0] <= self.factor * figures[1]:
+            return None
+        return figures

@@ -70,7 +70,8 @@ def resolve_model_path(model: str) -> Path:
         if not path.exists():
             from seg_perception.models.export import export_builtin
 
-            log.info("exporting built-in model %s to %s (first use)", model, path)
+            log.info("exporting built-in model %s to %s (first use: 10-30 s; later starts "
+                     "load the file)", model, path)
             export_builtin(model, path)
         return path
     path = Path(model).expanduser()

@@ -15,8 +15,10 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
 from seg_perception.core.stats import FrameStats
 
-__all__ = ["Health", "assess_health", "camera_status"]
+__all__ = ["Health", "assess_health", "camera_status", "unconfigured_status"]
 
+STARVED_HINT = ("give the node cores of its own (taskset, cgroups), lower num_threads, or "
+                "use a smaller model or input size")
 LEVELS = {"OK": DiagnosticStatus.OK, "WARN": DiagnosticStatus.WARN,
           "ERROR": DiagnosticStatus.ERROR}
 
@@ -34,6 +36,7 @@ def assess_health(
     stall_hint: str = "",
     model_error: str = "",
     device_warning: str = "",
+    starved: tuple[float, float] | None = None,
     recent_s: float = 5.0,
 ) -> Health:
     """The node's diagnostic level and one-line summary.
@@ -59,6 +62,11 @@ def assess_health(
         warnings.append(model_error)
     if device_warning:
         warnings.append(device_warning)
+    if starved is not None:
+        recent, best = starved
+        warnings.append(f"CPU-starved: the network takes {recent:.0f} ms per frame, "
+                        f"{recent / best:.1f}x its best {best:.0f} ms: other processes compete "
+                        f"for the cores; {STARVED_HINT}")
     if warnings:
         return Health("WARN", "; ".join(warnings))
     return Health("OK", "running")
@@ -96,3 +104,12 @@ def camera_status(name: str, stats: FrameStats, health: Health, model: Any,
     return DiagnosticStatus(level=LEVELS[health.level], name=name, message=health.message,
                             hardware_id=str(model.device),
                             values=[KeyValue(key=k, value=v) for k, v in figures.items()])
+
+
+def unconfigured_status(name: str, problem: str) -> DiagnosticStatus:
+    """The status of a node without a model: ERROR with the reason of a failed configure,
+    else OK ("unconfigured", waiting for its lifecycle manager)."""
+    if problem:
+        return DiagnosticStatus(level=DiagnosticStatus.ERROR, name=name,
+                                message=f"unconfigured: configure failed: {problem}")
+    return DiagnosticStatus(level=DiagnosticStatus.OK, name=name, message="unconfigured")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Any
@@ -12,6 +13,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.signals import SignalHandlerOptions
 
 from seg_perception import topics
+from seg_perception.fastdds import PROFILE_ENV, PROFILE_NAME, use_fastdds_profile
 from seg_perception.node.node import SegmentationNode
 
 PROGRAM = f"{topics.NODE_NAME}_node"
@@ -19,6 +21,26 @@ PROGRAM = f"{topics.NODE_NAME}_node"
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def _use_large_data_profile() -> str:
+    """The shipped Fast DDS profile for this process, unless the user chose one; one line.
+
+    The node publishes camera-sized images: without a large shared-memory segment in its own
+    process, best-effort subscribers in other processes lose most of them. Fast DDS reads the
+    variable once, when the first participant is created, so this runs before rclpy.init.
+    """
+    if os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
+        return ""
+    chosen = os.environ.get(PROFILE_ENV)
+    profile = use_fastdds_profile()
+    if chosen:
+        return f"Fast DDS profile: {chosen} ({PROFILE_ENV}, as set)"
+    if profile is None:
+        return (f"Fast DDS profile {PROFILE_NAME} not found: best-effort subscribers of large "
+                "images in other processes may lose them")
+    return (f"Fast DDS profile: {profile} (large images over shared memory; set "
+            f"{PROFILE_ENV} to use your own)")
 
 
 def run(args: list[str] | None, managed: bool) -> int:
@@ -30,6 +52,7 @@ def run(args: list[str] | None, managed: bool) -> int:
     """
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    profile_note = _use_large_data_profile()
     node: SegmentationNode | None = None
     try:
         try:
@@ -44,6 +67,8 @@ def run(args: list[str] | None, managed: bool) -> int:
                     print(f"{PROGRAM}: error: {node.problem or 'start-up failed'}",
                           file=sys.stderr)
                     return 2
+        if profile_note:  # after a failed start only the error line is printed
+            node.get_logger().info(profile_note)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()

@@ -17,36 +17,33 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from std_msgs.msg import Header
 
 from seg_perception import topics
-from seg_perception.core.frame import StreamState, process_frame
+from seg_perception.core.frame import FrameInput, process_frames
+from seg_perception.core.geometry import CalibrationError, metric_corridor
 from seg_perception.core.image_codec import decode_compressed_msg, decode_image_msg
 from seg_perception.core.pipeline import configure_threads
-from seg_perception.core.stats import FrameStats
+from seg_perception.core.stats import StageClock, StarvationMonitor
 from seg_perception.errors import SegPerceptionError
 from seg_perception.models.registry import BUILTIN_MODELS
-from seg_perception.node.diagnostics import assess_health, camera_status
-from seg_perception.node.input import CameraInput, stall_hint
+from seg_perception.node.camera import CameraStream, Frame
+from seg_perception.node.diagnostics import assess_health, camera_status, unconfigured_status
 from seg_perception.node.model_manager import ActiveModel, ModelManager, first_line
-from seg_perception.node.outputs import CameraOutputs
-from seg_perception.node.params import (
-    PARAMETERS,
-    NodeSettings,
-    ParameterError,
-    descriptor,
-    parameter_defaults,
-    settings_from,
+from seg_perception.node.parameters import (
+    declare_parameters,
+    parameter_values_of,
+    show_class_names,
 )
+from seg_perception.node.params import PARAMETERS, NodeSettings, ParameterError, resolve_settings
 from seg_perception.node.worker import FrameMailbox, InferenceWorker
 
 __all__ = ["SegmentationNode"]
@@ -55,23 +52,6 @@ _WATCH_PERIOD_S = 0.5  # publisher discovery (QoS auto) and stall detection
 _DIAGNOSTICS_PERIOD_S = 1.0
 _THROTTLE_S = 5.0
 _SUCCESS, _FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
-
-
-class _Frame(NamedTuple):
-    msg: Any  # sensor_msgs/Image or CompressedImage
-    received: float  # time.monotonic() at arrival
-
-
-@dataclass
-class CameraStream:
-    """Everything the node keeps per camera."""
-
-    name: str  # "" for the single default camera: today's topic names
-    outputs: CameraOutputs
-    state: StreamState
-    stats: FrameStats = field(default_factory=FrameStats)
-    input: CameraInput | None = None  # while active
-    input_format: tuple[int, int, str] | None = None
 
 
 class _RosLogHandler(logging.Handler):
@@ -105,10 +85,12 @@ class SegmentationNode(LifecycleNode):
         self._managed = managed
         self._log_handler = _RosLogHandler(self.get_logger())
         core_logger = logging.getLogger("seg_perception")
-        self._core_propagate = core_logger.propagate
+        self._core_propagate, self._core_level = core_logger.propagate, core_logger.level
         core_logger.addHandler(self._log_handler)
         core_logger.propagate = False
+        core_logger.setLevel(logging.INFO)  # e.g. "exporting built-in model ... (first use)"
         self._models = ModelManager(lambda text: self.get_logger().error(text))
+        self._starvation = StarvationMonitor()
         self._cameras: dict[str, CameraStream] = {}
         self._worker: InferenceWorker | None = None
         self._threads_applied: int | None = None
@@ -125,46 +107,23 @@ class SegmentationNode(LifecycleNode):
     # --- parameters ------------------------------------------------------------------------
 
     def _declare_parameters(self) -> None:
-        """Declare every parameter; a value rclpy refuses is kept as a problem for configure
-        (which then fails with the reason) and the default is used meanwhile."""
-        overrides = dict(getattr(self, "_parameter_overrides", {}))
-        problems = []
-        for name, default in parameter_defaults().items():
-            try:
-                self.declare_parameter(name, default, descriptor(name))
-            except Exception as exc:  # noqa: BLE001 - rclpy's type/range refusals
-                self.declare_parameter(name, default, descriptor(name), ignore_override=True)
-                problems.append(self._override_problem(name, overrides.get(name), exc))
-        unknown = sorted(set(overrides) - set(PARAMETERS) - {"use_sim_time", "class_names"})
-        for name in unknown:
-            self.get_logger().warning(f"parameter '{name}' is not a parameter of this node "
-                                      "(ignored): check its spelling")
-        if self.get_parameter("model_path").value and "model" in overrides:
-            self.get_logger().warning("both 'model' and 'model_path' are set: model_path wins")
-        self._settings_problem = problems[0] if problems else ""
-        self._settings = self._settings_or_none()
-
-    @staticmethod
-    def _override_problem(name: str, override: Any, exc: Exception) -> str:
-        """Our own reason for an override rclpy refused (clearer than rclpy's), else rclpy's."""
-        if override is not None:
-            try:
-                settings_from({name: override.value})
-            except ParameterError as problem:
-                return str(problem)
-        return f"parameter '{name}': " + " ".join(str(exc).split())
+        self._settings_problem = declare_parameters(self, getattr(self, "_parameter_overrides",
+                                                                  {}))
+        self._resolve_or_none()
 
     def _parameter_values(self) -> dict[str, Any]:
-        return {name: self.get_parameter(name).value for name in PARAMETERS}
+        return parameter_values_of(self)
 
-    def _settings_or_none(self) -> NodeSettings | None:
+    def _resolve_or_none(self) -> None:
+        """The settings from the current parameters, or None and the reason."""
+        self._settings: NodeSettings | None = None
+        self._camera_settings: dict[str, NodeSettings] = {}
         if self._settings_problem:
-            return None
+            return
         try:
-            return settings_from(self._parameter_values())
+            self._settings, self._camera_settings = resolve_settings(self._parameter_values())
         except ParameterError as exc:
             self._settings_problem = str(exc)
-            return None
 
     def _validate_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         """Reject impossible values with a reason; nothing is applied here."""
@@ -175,11 +134,19 @@ class SegmentationNode(LifecycleNode):
             return SetParametersResult(successful=False,
                                        reason="class_names is read-only (it follows the model)")
         try:
-            settings = settings_from({**self._parameter_values(), **changes})
+            settings, cameras = resolve_settings({**self._parameter_values(), **changes})
             model = self._models.active
-            if model is not None and settings.changed(self._settings, "decision"):
+            if model is not None:
                 with self._decision_lock:
-                    settings.vehicle_config(model.class_names)
+                    for camera in cameras.values():
+                        camera.vehicle_config(model.class_names)
+            for name, stream in self._cameras.items():
+                wanted = cameras[name].metric_corridor
+                if wanted and stream.state.camera is not None:
+                    try:
+                        metric_corridor(stream.state.camera, *wanted)
+                    except CalibrationError as exc:
+                        raise ParameterError("corridor_m", str(exc)) from None
             if self._settings is not None and settings.changed(self._settings, "reload"):
                 self._check_model_source(settings.model_source)
                 if self._models.loading is not None:
@@ -194,24 +161,27 @@ class SegmentationNode(LifecycleNode):
         """After a successful set: take the new values into use."""
         if all(p.name == "class_names" for p in parameters):
             return
-        old, self._settings_problem = self._settings, ""
-        self._settings = settings = settings_from(self._parameter_values())
-        model = self._models.active
-        if old is None or model is None:
+        old = self._settings
+        self._settings_problem = ""
+        self._resolve_or_none()
+        settings, model = self._settings, self._models.active
+        if old is None or model is None or settings is None:
             return  # not configured: configure reads the settings
+        with self._decision_lock:
+            for camera in self._cameras.values():
+                camera.reconfigure(self._camera_settings[camera.name], model.class_names)
         for camera in self._cameras.values():
-            if camera.input is not None:
-                camera.input.stall.timeout = settings.stall_timeout
-        if settings.changed(old, "decision"):
-            with self._decision_lock:
-                config = settings.vehicle_config(model.class_names)
-                for camera in self._cameras.values():
-                    camera.state.reconfigure(config)
+            self._calibrate(camera)  # the mounting may have changed
         if settings.changed(old, "reload"):
             self.get_logger().info(f"loading model {settings.model_source} (device "
                                    f"{settings.device}) in the background; the current model "
                                    "keeps running until it is ready")
-            self._models.start_swap(settings, lambda m: settings.vehicle_config(m.class_names))
+            self._models.start_swap(settings, self._check_classes)
+
+    def _check_classes(self, model: ActiveModel) -> None:
+        """Every camera's vehicle classes exist in ``model`` (ParameterError if not)."""
+        for camera in self._camera_settings.values():
+            camera.vehicle_config(model.class_names)
 
     @staticmethod
     def _check_model_source(source: str) -> None:
@@ -234,13 +204,13 @@ class SegmentationNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Validate the parameters, load the model, create the publishers."""
-        self._settings = self._settings_or_none()
+        self._resolve_or_none()
         settings = self._settings
         if settings is None:
             return self._fail(self._settings_problem)
         try:
             model = self._models.load(settings)
-            config = settings.vehicle_config(model.class_names)
+            self._check_classes(model)
         except SegPerceptionError as exc:
             self._models.release()
             return self._fail(str(exc))
@@ -249,11 +219,10 @@ class SegmentationNode(LifecycleNode):
             return self._fail(f"cannot load model '{settings.model_source}': "
                               f"{first_line(exc)}")
         self._threads_applied = None
+        self._starvation.reset()
         self._show_class_names(model)
-        self._cameras = {
-            "": CameraStream("", CameraOutputs(self, "", settings.output_qos,
-                                               settings.output_depth), StreamState(config)),
-        }
+        self._cameras = {name: CameraStream(self, name, own, model.class_names)
+                         for name, own in self._camera_settings.items()}
         for camera in self._cameras.values():
             camera.outputs.publish_label_info(model.class_names)
         self.problem = ""
@@ -262,22 +231,13 @@ class SegmentationNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Start the inference thread, then subscribe (the model is loaded and warmed up)."""
         settings = self._settings
-        mailbox: FrameMailbox[_Frame] = FrameMailbox()
+        mailbox: FrameMailbox[Frame] = FrameMailbox()
         self._worker = InferenceWorker(mailbox, self._process, self._between_frames,
-                                       self._unexpected)
+                                       self._unexpected, batch=self._batching)
         self._worker.start()
         compressed = settings.input_transport == "compressed"
         for camera in self._cameras.values():
-            name = topics.COMPRESSED_IMAGE if compressed else topics.IMAGE
-
-            def receive(msg: Any, now: float, camera: CameraStream = camera) -> None:
-                camera.stats.on_received(now)
-                if mailbox.put(camera.name, _Frame(msg, now)):
-                    camera.stats.on_dropped()
-
-            camera.input = CameraInput(self, topics.camera_topic(camera.name, name), compressed,
-                                       settings.input_qos, settings.input_depth,
-                                       settings.stall_timeout, receive)
+            camera.activate(mailbox.put, lambda camera=camera: self._calibrate(camera))
         self._watch_timer = self.create_timer(_WATCH_PERIOD_S, self._watch_inputs)
         model = self._models.active
         inputs = ", ".join(c.input.topic for c in self._cameras.values())
@@ -301,7 +261,10 @@ class SegmentationNode(LifecycleNode):
         return _SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Free everything; the process then ends (once the transition's answer is out)."""
         self.stop()
+        self.get_logger().info("finalized: shutting down")
+        self._exit_timer = self.create_timer(0.2, self.context.try_shutdown)
         return _SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -313,9 +276,7 @@ class SegmentationNode(LifecycleNode):
             self.destroy_timer(self._watch_timer)
             self._watch_timer = None
         for camera in self._cameras.values():
-            if camera.input is not None:
-                camera.input.destroy()
-                camera.input = None
+            camera.deactivate()
         if self._worker is not None:
             for name in self._worker.stop():
                 if name in self._cameras:
@@ -325,7 +286,7 @@ class SegmentationNode(LifecycleNode):
     def _release(self) -> None:
         self._stop_processing()
         for camera in self._cameras.values():
-            camera.outputs.destroy()
+            camera.destroy()
         self._cameras = {}
         self._models.release()
 
@@ -335,6 +296,7 @@ class SegmentationNode(LifecycleNode):
         core_logger = logging.getLogger("seg_perception")
         core_logger.removeHandler(self._log_handler)
         core_logger.propagate = self._core_propagate
+        core_logger.setLevel(self._core_level)
 
     # --- the inference thread --------------------------------------------------------------
 
@@ -349,66 +311,106 @@ class SegmentationNode(LifecycleNode):
             return
         with self._decision_lock:
             try:
-                config = self._settings.vehicle_config(model.class_names)
+                self._check_classes(model)
             except ParameterError as exc:
                 self._models.abandon(model, str(exc))
                 return
             self._models.swapped(model)
+            self._starvation.reset()
             for camera in self._cameras.values():
-                camera.state.reconfigure(config)
+                camera.reconfigure(camera.settings, model.class_names)
         self._announce = model
 
-    def _process(self, camera_name: str, frame: _Frame) -> None:
-        """One frame of one camera: decode, segment, decide, publish."""
+    def _decode(self, camera_name: str, frame: Frame) -> FrameInput | None:
+        """A received frame as a frame-path input; None if it is rejected (logged, counted)."""
         camera = self._cameras.get(camera_name)
         if camera is None:
-            return
-        settings, stats = self._settings, camera.stats
+            return None
+        settings = self._settings
         compressed = settings.input_transport == "compressed"
         decode = decode_compressed_msg if compressed else decode_image_msg
         try:
             image = decode(frame.msg, max_pixels=settings.max_pixels)
         except ValueError as exc:  # ImageFormatError, ImageConversionError
-            stats.on_rejected(time.monotonic(), str(exc))
+            camera.stats.on_rejected(time.monotonic(), str(exc))
             self.get_logger().warning(f"skipping a frame: {exc}",
                                       throttle_duration_sec=_THROTTLE_S)
-            return
-        self._note_input_format(camera, frame.msg, image.pixels.shape, compressed)
+            return None
+        changed = camera.input_format_changed(frame.msg, image.pixels.shape)
+        if changed:
+            self.get_logger().info(changed)
+        stamp = frame.msg.header.stamp
+        return FrameInput(image, camera.state, camera.outputs.request(camera.settings),
+                          stamp.sec + stamp.nanosec * 1e-9)
+
+    def _process(self, taken: list[tuple[str, Frame]]) -> None:
+        """Frames of one or more cameras: decode, segment (one batch per network input size),
+        decide, publish."""
         model = self._models.active
+        batches: dict[tuple[int, int], list[tuple[CameraStream, Frame, FrameInput]]] = {}
+        for name, frame in taken:
+            item = self._decode(name, frame)
+            if item is not None:
+                size = model.pipeline.network_size(*item.image.pixels.shape[:2])
+                batches.setdefault(size, []).append((self._cameras[name], frame, item))
+        for batch in batches.values():
+            self._process_batch(model, batch)
+
+    def _process_batch(self, model: ActiveModel,
+                       batch: list[tuple[CameraStream, Frame, FrameInput]]) -> None:
+        cameras = [camera for camera, _, _ in batch]
         try:
-            result = process_frame(model.pipeline, image, camera.state,
-                                   camera.outputs.request(settings.overlay_alpha))
-            camera.outputs.publish(frame.msg.header, result)
+            clock = StageClock()
+            with self._decision_lock:
+                results = process_frames(model.pipeline, [item for _, _, item in batch], clock)
+            if model.loaded.device.type == "cpu":  # GPU stages are asynchronous: not timed
+                self._starvation.add(clock.seconds["forward"] / len(batch))
+            for (camera, frame, _), result in zip(batch, results, strict=True):
+                camera.outputs.publish(frame.msg.header, result)
+                camera.outputs.publish_label_info(model.class_names, frame.msg.header.frame_id)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            self._record_failure(camera, f"CUDA out of memory on {model.loaded.device} (frame "
-                                 "dropped; try a smaller model, fp16 or a lower input size)")
+            for camera in cameras:
+                self._record_failure(camera, f"CUDA out of memory on {model.loaded.device} "
+                                     "(frame dropped; try a smaller model, fp16 or a lower "
+                                     "input size)")
             return
         except Exception as exc:  # noqa: BLE001 - reported, the next frame may succeed
             if self._worker is None or self._worker.stopping or not self.context.ok():
                 return
-            self._record_failure(camera, f"inference failed: {first_line(exc)}")
+            for camera in cameras:
+                self._record_failure(camera, f"inference failed: {first_line(exc)}")
             return
         now = time.monotonic()
-        stats.on_processed(now, now - frame.received)
+        for camera, frame, _ in batch:
+            camera.stats.on_processed(now, now - frame.received)
 
-    def _note_input_format(self, camera: CameraStream, msg: Any, shape: tuple[int, ...],
-                           compressed: bool) -> None:
-        """One log line whenever a camera's frame size or encoding changes."""
-        kind = msg.format if compressed else msg.encoding
-        input_format = (shape[1], shape[0], kind)
-        if input_format != camera.input_format:
-            camera.input_format = input_format
-            self.get_logger().info(f"input frames: {shape[1]}x{shape[0]} {kind}",
-                                   throttle_duration_sec=_THROTTLE_S)
+    def _batching(self) -> bool:
+        """Several cameras' frames in one network call: on the GPU, where it is faster."""
+        model, settings = self._models.active, self._settings
+        return bool(model and settings and settings.batch_cameras
+                    and model.loaded.device.type == "cuda")
 
     def _record_failure(self, camera: CameraStream, reason: str) -> None:
-        camera.stats.on_failed(time.monotonic(), reason)
+        camera.failed(reason)
         self.get_logger().error(reason, throttle_duration_sec=_THROTTLE_S)
 
     def _unexpected(self, exc: BaseException) -> None:
         for camera in self._cameras.values():
             self._record_failure(camera, f"unexpected {first_line(exc)}")
+
+    # --- calibration -----------------------------------------------------------------------
+
+    def _calibrate(self, camera: CameraStream) -> None:
+        """Lead ranging and corridor_m follow the camera's CameraInfo and mounting."""
+        try:
+            changed = camera.calibrate(self._decision_lock)
+        except CalibrationError as exc:
+            self.get_logger().warning(f"camera {camera.label}: {exc}",
+                                      throttle_duration_sec=_THROTTLE_S)
+            return
+        if changed:
+            self.get_logger().info(changed)
 
     # --- timers ----------------------------------------------------------------------------
 
@@ -426,19 +428,9 @@ class SegmentationNode(LifecycleNode):
 
     def _show_class_names(self, model: ActiveModel) -> None:
         """The read-only parameter class_names follows the model."""
-        names = list(model.class_names)
         self._updating_class_names = True  # read-only for users; the node itself updates it
         try:
-            if not self.has_parameter("class_names"):
-                self.declare_parameter("class_names", names, ParameterDescriptor(
-                    description="Class names of the running model, by class id (the values "
-                    "in segmentation/label_map).", read_only=True))
-            else:
-                self._set_parameters_atomically_common(
-                    [Parameter("class_names", value=names)],
-                    descriptors={"class_names": self.describe_parameter("class_names")})
-        except Exception as exc:  # noqa: BLE001 - rclpy internals: report, do not crash
-            self.get_logger().warning(f"could not update class_names: {first_line(exc)}")
+            show_class_names(self, model.class_names)
         finally:
             self._updating_class_names = False
 
@@ -449,34 +441,36 @@ class SegmentationNode(LifecycleNode):
             return
         self._show_class_names(model)
         for camera in self._cameras.values():
-            camera.input_format = None
-            camera.outputs.publish_label_info(model.class_names)
+            camera.forget_input_format()
         self.get_logger().info(f"model swapped in: {model.loaded.describe()}")
 
     def _publish_diagnostics(self) -> None:
         model = self._models.active
-        if model is None or not self._cameras:
+        name = f"{topics.NODE_NAME}: {self.get_fully_qualified_name()}"
+        if model is None or not self._cameras:  # unconfigured: say so, and why if it failed
+            self._diagnostics.publish(DiagnosticArray(
+                header=Header(stamp=self.get_clock().now().to_msg()),
+                status=[unconfigured_status(name, self.problem)]))
             return
         now = time.monotonic()
         device_reason = model.loaded.device_reason
+        starved = self._starvation.starved()
+        forward = self._starvation.figures_ms()
         statuses = []
         for camera in self._cameras.values():
-            watch = camera.input
-            stalled = watch.stall.stalled_for(now) if watch is not None else None
+            stalled, hint, values = camera.input_figures(now)
             health = assess_health(
-                camera.stats, now, stalled_for=stalled,
-                stall_hint=stall_hint(watch.reliability) if stalled is not None else "",
+                camera.stats, now, stalled_for=stalled, stall_hint=hint,
                 model_error=self._models.status if self._models.failed else "",
-                device_warning=device_reason if device_reason.startswith("FALLBACK") else "")
-            values = {
-                "input_topic": watch.topic if watch else "(inactive)",
-                "input_qos": f"{watch.reliability} ({watch.qos_reason})" if watch else "",
-                "frames_lost_in_transport": str(watch.lost_in_transport if watch else 0),
+                device_warning=device_reason if device_reason.startswith("FALLBACK") else "",
+                starved=starved)
+            values.update({
                 "model_load": self._models.status,
-                "input_stalled_s": f"{stalled:.1f}" if stalled is not None else "",
-            }
+                "forward_ms_recent": f"{forward[0]:.1f}" if forward else "",
+                "forward_ms_best": f"{forward[1]:.1f}" if forward else "",
+            })
             suffix = f"/{camera.name}" if camera.name else ""
-            name = f"{topics.NODE_NAME}: {self.get_fully_qualified_name()}{suffix}"
-            statuses.append(camera_status(name, camera.stats, health, model.loaded, values))
+            statuses.append(camera_status(name + suffix, camera.stats, health, model.loaded,
+                                          values))
         self._diagnostics.publish(DiagnosticArray(
             header=Header(stamp=self.get_clock().now().to_msg()), status=statuses))

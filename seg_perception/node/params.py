@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
@@ -32,13 +33,16 @@ from seg_perception.models.registry import DEFAULT_MODEL
 __all__ = [
     "AUTO_VEHICLE_CLASSES",
     "PARAMETERS",
+    "PER_CAMERA",
     "NodeSettings",
     "ParamInfo",
     "ParameterError",
+    "camera_parameter",
     "descriptor",
     "parameter_defaults",
     "parameter_values",
     "settings_from",
+    "split_camera_parameter",
 ]
 
 AUTO_VEHICLE_CLASSES = "auto"
@@ -60,8 +64,9 @@ class ParamInfo:
 
     ``runtime``: may change while the node runs; the others are read-only after start-up.
     ``reload``: a change loads the model anew. ``decision``: a change reconfigures the
-    vehicle-ahead decision. ``convert`` turns a parameter value into the setting (raising
-    ValueError with the reason) and ``export`` turns the setting back into a parameter value.
+    vehicle-ahead decision. ``per_camera``: a camera may override it (``<camera>.<name>``).
+    ``convert`` turns a parameter value into the setting (raising ValueError with the reason)
+    and ``export`` turns the setting back into a parameter value.
     """
 
     description: str
@@ -70,6 +75,7 @@ class ParamInfo:
     runtime: bool = True
     reload: bool = False
     decision: bool = False
+    per_camera: bool = False
     constraints: str = ""
     convert: Callable[[Any], Any] | None = None
     export: Callable[[Any], Any] | None = None
@@ -94,10 +100,40 @@ def _non_empty(value: str) -> str:
     return text
 
 
+_CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def _cameras(value: Sequence[Any]) -> tuple[str, ...]:
+    names = tuple(value)
+    if names == ("",):
+        return names
+    if not names:
+        raise ValueError("must name at least one camera ([''] for one camera at the node's own "
+                         "topic names)")
+    for name in names:
+        if not isinstance(name, str) or not _CAMERA_NAME.match(name):
+            raise ValueError(f"camera names are letters, digits and underscores starting with a "
+                             f"letter (a topic prefix and a parameter prefix), got {name!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"camera names must be unique, got {list(names)}")
+    return names
+
+
 def _corridor(value: Sequence[Any]) -> Corridor:
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         raise ValueError(f"must be a flat list of numbers [x0, y0, x1, y1, ...], got {value!r}")
     return Corridor.from_flat([float(v) for v in value])
+
+
+def _metric_corridor(value: Sequence[Any]) -> tuple[float, float, float]:
+    if len(value) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                  and math.isfinite(v) for v in value):
+        raise ValueError(f"must be [half_width, near, far] in metres, got {list(value)!r}")
+    half_width, near, far = (float(v) for v in value)
+    if (half_width, near, far) != (0.0, 0.0, 0.0) and not (half_width > 0 and 0 < near < far):
+        raise ValueError(f"needs half_width > 0 and 0 < near < far (or all zero: off), got "
+                         f"{list(value)!r}")
+    return half_width, near, far
 
 
 def _vehicle_classes(value: Sequence[Any]) -> tuple[str, ...]:
@@ -132,7 +168,7 @@ class NodeSettings:
         constraints="auto, cpu, cuda or cuda:N")
     device_fallback: bool = param(
         True, "If the requested CUDA device is absent, run on the CPU with a warning instead "
-        "of failing.", reload=True)
+        "of failing.")
     precision: str = param(
         "auto", "Inference precision; changing it reloads the model.",
         choices=PRECISIONS, reload=True)
@@ -143,6 +179,14 @@ class NodeSettings:
     num_threads: int = param(
         0, "CPU threads for torch and OpenCV in the inference thread (0: the libraries' "
         "defaults).", value_range=(0, 256))
+    cameras: tuple[str, ...] = param(
+        ("",), "Camera names: each camera c reads c/image and publishes under c/ (one model "
+        "serves them all, round robin). [''] is one camera at the node's own topic names.",
+        runtime=False, convert=_cameras, export=list,
+        constraints="[''] or unique names of letters, digits and underscores")
+    batch_cameras: bool = param(
+        True, "On the GPU, run the waiting frames of several cameras through the network as "
+        "one batch (ignored on the CPU, where a batch is slower per frame).")
     input_transport: str = param(
         "raw", "raw: subscribe to 'image' (sensor_msgs/Image); compressed: subscribe to "
         "'image/compressed' (sensor_msgs/CompressedImage, jpeg/png).",
@@ -163,29 +207,52 @@ class NodeSettings:
         "against absurd message sizes).", value_range=(1, 2**31 - 1))
     overlay_alpha: float = param(
         0.5, "Weight of the class colour in segmentation/overlay (0: camera image only, "
-        "1: colour mask only).", value_range=(0.0, 1.0))
+        "1: colour mask only).", value_range=(0.0, 1.0), per_camera=True)
+    vehicle_ahead: bool = param(
+        True, "Decide and publish vehicle_ahead for this camera (false: no corridor, e.g. a "
+        "rear camera).", decision=True, per_camera=True)
     corridor: Corridor = param(
         Corridor(DEFAULT_CORRIDOR),
         "Driving corridor polygon as a flat list [x0, y0, x1, y1, ...] in normalised image "
         "coordinates (x right, y down, 0..1).",
-        decision=True, convert=_corridor, export=Corridor.to_flat,
+        decision=True, per_camera=True, convert=_corridor, export=Corridor.to_flat,
         constraints="at least 3 vertices in [0, 1], a simple polygon of non-zero area")
     vehicle_classes: tuple[str, ...] = param(
         (AUTO_VEHICLE_CLASSES,),
         "Class names that count as vehicles (case-insensitive). ['auto']: those of car, truck, "
         "bus, train that the model has.",
-        decision=True, convert=_vehicle_classes, export=list,
+        decision=True, per_camera=True, convert=_vehicle_classes, export=list,
         constraints="['auto'] or names from the read-only parameter class_names")
     min_coverage: float = param(
         DEFAULT_MIN_COVERAGE,
         "Fraction of the corridor that vehicle pixels must cover for a raw 'vehicle ahead'.",
-        value_range=FRACTION_RANGE, decision=True)
+        value_range=FRACTION_RANGE, decision=True, per_camera=True)
     frames_on: int = param(
         2, "Consecutive raw 'vehicle' frames before vehicle_ahead switches on.",
-        value_range=FRAMES_RANGE, decision=True)
+        value_range=FRAMES_RANGE, decision=True, per_camera=True)
     frames_off: int = param(
         3, "Consecutive raw 'clear' frames before vehicle_ahead switches off.",
-        value_range=FRAMES_RANGE, decision=True)
+        value_range=FRAMES_RANGE, decision=True, per_camera=True)
+    min_confidence: float = param(
+        0.0, "Pixels whose max class probability is below this get the id 255 (unknown) in "
+        "segmentation/label_map and never count as a vehicle (0: off).",
+        value_range=(0.0, 1.0), per_camera=True)
+    temporal_smoothing: float = param(
+        0.0, "Share of the running average of class probabilities kept at each frame (0: off; "
+        "0.5 averages over about two frames). Restarts on a new frame size or a stamp gap.",
+        value_range=(0.0, 0.95), per_camera=True)
+    camera_height: float = param(
+        0.0, "Height of the camera's optical centre above the (flat) ground, m; with the "
+        "camera_info topic it enables vehicle_ahead/lead and corridor_m (0: unknown).",
+        value_range=(0.0, 100.0), per_camera=True)
+    camera_pitch: float = param(
+        0.0, "Angle of the optical axis below the horizontal, rad (positive looks down).",
+        value_range=(-1.5, 1.5), per_camera=True)
+    corridor_m: tuple[float, float, float] = param(
+        (0.0, 0.0, 0.0), "Metric corridor [half_width, near, far] in metres on the ground; "
+        "replaces 'corridor' once the camera is calibrated (all zero: off).",
+        decision=True, per_camera=True, convert=_metric_corridor, export=list,
+        constraints="[0, 0, 0] or half_width > 0 and 0 < near < far")
     stall_timeout: float = param(
         3.0, "Seconds without a frame while a publisher is matched before the node reports a "
         "stalled input.", value_range=(0.5, 3600.0))
@@ -202,15 +269,22 @@ class NodeSettings:
             return None
         return self.vehicle_classes
 
-    def vehicle_config(self, class_names: Sequence[str]) -> VehicleAheadConfig:
+    def vehicle_config(self, class_names: Sequence[str]) -> VehicleAheadConfig | None:
         """The decision's settings for a model with these classes (ParameterError if
-        impossible)."""
+        impossible); None when this camera decides nothing (``vehicle_ahead`` false)."""
+        if not self.vehicle_ahead:
+            return None
         try:
             ids = resolve_vehicle_class_ids(class_names, self.wanted_vehicle_classes)
         except ValueError as exc:
             raise ParameterError("vehicle_classes", str(exc)) from None
         return VehicleAheadConfig(self.corridor, ids, self.min_coverage, self.frames_on,
                                   self.frames_off)
+
+    @property
+    def metric_corridor(self) -> tuple[float, float, float] | None:
+        """``corridor_m`` when set, else None (the image corridor applies)."""
+        return None if self.corridor_m == (0.0, 0.0, 0.0) else self.corridor_m
 
     def changed(self, other: NodeSettings, what: str) -> bool:
         """Whether a parameter of group ``what`` ("reload" or "decision") differs."""
@@ -219,6 +293,18 @@ class NodeSettings:
 
 
 PARAMETERS: dict[str, ParamInfo] = {f.name: f.metadata["param"] for f in fields(NodeSettings)}
+PER_CAMERA: tuple[str, ...] = tuple(name for name, info in PARAMETERS.items() if info.per_camera)
+
+
+def camera_parameter(camera: str, name: str) -> str:
+    """The name of camera ``camera``'s own value of parameter ``name``."""
+    return f"{camera}.{name}"
+
+
+def split_camera_parameter(full_name: str) -> tuple[str, str] | None:
+    """(camera, parameter) of a per-camera parameter name, else None."""
+    camera, _, name = full_name.partition(".")
+    return (camera, name) if name in PER_CAMERA and _CAMERA_NAME.match(camera) else None
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(NodeSettings)
                              if f.default is not MISSING}
 
@@ -322,3 +408,31 @@ def descriptor(name: str) -> Any:
             result.integer_range = [IntegerRange(from_value=int(low), to_value=int(high),
                                                  step=1)]
     return result
+
+
+def resolve_settings(values: Mapping[str, Any]) -> tuple[NodeSettings, dict[str, NodeSettings]]:
+    """All parameter values -> (the node's settings, each camera's settings).
+
+    ``values`` holds the node's parameters and the per-camera overrides ``<camera>.<name>``;
+    a camera's settings are the node's with its overrides applied. Raises
+    :class:`ParameterError` naming the first bad parameter (``front.corridor`` for a camera's).
+    """
+    node_values = {k: v for k, v in values.items() if "." not in k}
+    settings = settings_from(node_values)
+    overrides: dict[str, dict[str, Any]] = {camera: {} for camera in settings.cameras}
+    for full_name, value in values.items():
+        if "." not in full_name:
+            continue
+        split = split_camera_parameter(full_name)
+        if split is None or split[0] not in overrides:
+            raise ParameterError(full_name, "unknown parameter (per-camera parameters are "
+                                 f"<camera>.<name>, cameras {list(settings.cameras)}, names "
+                                 f"{', '.join(PER_CAMERA)})")
+        overrides[split[0]][split[1]] = value
+    cameras = {}
+    for camera, own in overrides.items():
+        try:
+            cameras[camera] = settings_from(own, base=settings)
+        except ParameterError as exc:
+            raise ParameterError(camera_parameter(camera, exc.name), exc.reason) from None
+    return settings, cameras

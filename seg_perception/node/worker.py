@@ -63,6 +63,17 @@ class FrameMailbox(Generic[T]):
                     return key, self._items.pop(key)
             raise AssertionError("unreachable: an item without a stream")  # pragma: no cover
 
+    def take_all(self, timeout: float | None = None) -> list[tuple[Key, T]]:
+        """Every waiting item, in round-robin order from the next stream on (empty on timeout
+        or after :meth:`close`): a batch for the GPU."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._items or self._closed, timeout):
+                return []
+            count = len(self._order)
+            keys = [self._order[(self._next + step) % count] for step in range(count)]
+            taken = [(key, self._items.pop(key)) for key in keys if key in self._items]
+            return taken
+
     def dropped(self, key: Key | None = None) -> int:
         """Items replaced before they were taken: of stream ``key``, or of all streams."""
         with self._cond:
@@ -88,17 +99,20 @@ class FrameMailbox(Generic[T]):
 
 
 class InferenceWorker:
-    """One thread: ``between()`` (model swaps, thread counts), then ``handle(key, item)`` for
-    the next frame of the mailbox; an exception in ``handle`` goes to ``on_error`` and never
-    ends the thread."""
+    """One thread: ``between()`` (model swaps, thread counts), then ``handle(frames)`` for the
+    next frame of the mailbox, or for every waiting frame while ``batch()`` says so; an
+    exception in ``handle`` goes to ``on_error`` and never ends the thread."""
 
-    def __init__(self, mailbox: FrameMailbox[Any], handle: Callable[[Key, Any], None],
+    def __init__(self, mailbox: FrameMailbox[Any],
+                 handle: Callable[[list[tuple[Key, Any]]], None],
                  between: Callable[[], None], on_error: Callable[[BaseException], None],
+                 batch: Callable[[], bool] = lambda: False,
                  name: str = "segmentation-inference") -> None:
         self.mailbox = mailbox
         self._handle = handle
         self._between = between
         self._on_error = on_error
+        self._batch = batch
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -108,11 +122,15 @@ class InferenceWorker:
     def _run(self) -> None:
         while not self._stopping.is_set():
             self._between()
-            taken = self.mailbox.take(timeout=0.1)
-            if taken is None:
+            if self._batch():
+                taken = self.mailbox.take_all(timeout=0.1)
+            else:
+                one = self.mailbox.take(timeout=0.1)
+                taken = [one] if one is not None else []
+            if not taken:
                 continue
             try:
-                self._handle(*taken)
+                self._handle(taken)
             except Exception as exc:  # noqa: BLE001 - the node must outlive any bad frame
                 if self._stopping.is_set():
                     break

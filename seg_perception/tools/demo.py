@@ -15,33 +15,24 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import random
-import signal
-import subprocess
 import sys
-import threading
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
-from seg_perception.core.image_codec import decode_image_msg
-from seg_perception.fastdds import use_fastdds_profile
-from seg_perception.models.registry import BUILTIN_MODELS, DEFAULT_MODEL
+from seg_perception import topics
+from seg_perception.errors import UsageError
+from seg_perception.models.registry import DEFAULT_MODEL
 from seg_perception.shared_data import dashcam_video, shared_path
 from seg_perception.sources import open_source
-from seg_perception.tools.play import (
-    publisher_reliability,
-    qos_profile,
-    stamp_ns,
-)
+from seg_perception.tools.demo_outputs import NODE, Collector, Output, PlayerOutput
+from seg_perception.tools.rosgraph import ChildProcess, RosNode, node_command, ros_env
 
 HELP = "the main job: the node and a player over DDS on the dash-cam stills and video"
 EPILOG = """examples:
@@ -69,185 +60,12 @@ set, and the package's Fast DDS profile for every process unless
 FASTDDS_DEFAULT_PROFILES_FILE is set.
 """
 
-NODE_NAME = "segmentation"
-TOPICS = {
-    "label_map": "/segmentation/label_map",
-    "overlay": "/segmentation/overlay",
-    "vehicle_ahead": "/vehicle_ahead",
-    "coverage": "/vehicle_ahead/coverage",
-}
-DIAGNOSTICS = "/diagnostics"
-LOCKSTEP_TOPIC = "segmentation/label_map"
-PARTIAL_AFTER_S = 3.0  # an output still missing parts this long after its label map: give up
 SETTLE_S = 5.0  # after the player ends: how long to wait for outputs that are still due
-STOP_TIMEOUT_S = 10.0  # SIGINT grace before a child process is killed
+STOP_TIMEOUT_S = 10.0  # per signal, before a child process gets the next one
 
 
 class DemoError(RuntimeError):
     """The demo cannot go on (the node did not start, died, or produced nothing)."""
-
-
-# --- what comes back from the node ------------------------------------------------------------
-
-
-@dataclass
-class Output:
-    """Everything received for one input frame (matched by its stamp)."""
-
-    stamp_ns: int
-    label_arrival: float | None = None
-    car_fraction: float | None = None
-    overlay: np.ndarray | None = None  # RGB
-    overlay_arrival: float | None = None
-    vehicle_ahead: bool | None = None
-    coverage: float | None = None
-
-    @property
-    def complete(self) -> bool:
-        return None not in (self.label_arrival, self.overlay_arrival, self.vehicle_ahead,
-                            self.coverage)
-
-    @property
-    def latency_ms(self) -> float | None:
-        """Input stamp (publish time) to the arrival of the last image output, in ms."""
-        arrivals = [t for t in (self.label_arrival, self.overlay_arrival) if t is not None]
-        return (max(arrivals) - self.stamp_ns / 1e9) * 1000 if arrivals else None
-
-
-class Collector:
-    """The demo's subscriptions to the node's outputs, and their pairing per input frame.
-
-    Callbacks run on the executor thread; the main thread reads through :meth:`ready`.
-    """
-
-    def __init__(self, node: Any, car_id: int | None) -> None:
-        self.node = node
-        self.car_id = car_id
-        self.lock = threading.Lock()
-        self.subscriptions: list[Any] = []
-        self.diagnostics: dict[str, str] = {}
-        self.diagnostics_time = 0.0
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget the previous phase's outputs (the diagnostics stay: they are cumulative)."""
-        with self.lock:
-            self.outputs: dict[int, Output] = {}  # not handed out yet, by stamp
-            self.order: list[int] = []  # stamps in label-map arrival order
-            self.decisions: list[bool] = []
-            self.coverages: list[float] = []
-            self.handed_out = 0
-            self.done: set[int] = set()  # stamps handed out: late parts of them are ignored
-
-    def subscribe(self, timeout: float) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray
-        from sensor_msgs.msg import Image
-        from std_msgs.msg import Bool, Float32
-
-        kinds = {
-            "label_map": (Image, self._on_label_map),
-            "overlay": (Image, self._on_overlay),
-            "vehicle_ahead": (Bool, self._on_vehicle_ahead),
-            "coverage": (Float32, self._on_coverage),
-        }
-        for key, (msg_type, callback) in kinds.items():
-            topic = TOPICS[key]
-            reliability = _wait_for(lambda t=topic: publisher_reliability(self.node, t),
-                                    timeout, f"the node's publisher on {topic}")
-            self.subscriptions.append(
-                self.node.create_subscription(msg_type, topic, callback,
-                                              qos_profile(reliability, 10))
-            )
-        # /diagnostics is shared by every node: best effort matches any publisher.
-        self.subscriptions.append(self.node.create_subscription(
-            DiagnosticArray, DIAGNOSTICS, self._on_diagnostics, qos_profile("best_effort", 10)))
-        for subscription in self.subscriptions[:-1]:
-            _wait_for(lambda s=subscription: s.get_publisher_count() > 0, timeout,
-                      f"the subscription to {subscription.topic_name} to match")
-        time.sleep(0.5)  # matching completes on the node's side a moment later
-
-    def _output(self, stamp: int) -> Output:
-        output = self.outputs.get(stamp)
-        if output is None:
-            output = self.outputs[stamp] = Output(stamp)
-        return output
-
-    def _on_label_map(self, msg: Any) -> None:
-        arrival = time.time()
-        # mono8 class ids; the codec serves mono8 as grey RGB, so any channel is the id.
-        labels = decode_image_msg(msg).pixels[:, :, 0]
-        fraction = None
-        if self.car_id is not None:
-            fraction = float(np.count_nonzero(labels == self.car_id)) / labels.size
-        with self.lock:
-            stamp = stamp_ns(msg.header.stamp)
-            if stamp in self.done:
-                return
-            output = self._output(stamp)
-            output.label_arrival = arrival
-            output.car_fraction = fraction
-            self.order.append(stamp)
-            self._pair(len(self.order) - 1)
-
-    def _on_overlay(self, msg: Any) -> None:
-        arrival = time.time()
-        pixels = decode_image_msg(msg).to_rgb()
-        with self.lock:
-            stamp = stamp_ns(msg.header.stamp)
-            if stamp in self.done:
-                return
-            output = self._output(stamp)
-            output.overlay = pixels
-            output.overlay_arrival = arrival
-
-    def _on_vehicle_ahead(self, msg: Any) -> None:
-        with self.lock:
-            self.decisions.append(bool(msg.data))
-            self._pair(len(self.decisions) - 1)
-
-    def _on_coverage(self, msg: Any) -> None:
-        with self.lock:
-            self.coverages.append(float(msg.data))
-            self._pair(len(self.coverages) - 1)
-
-    def _pair(self, i: int) -> None:
-        """The i-th decision and coverage belong to the i-th label map (one each per frame)."""
-        if i >= len(self.order) or self.order[i] not in self.outputs:
-            return
-        output = self.outputs[self.order[i]]
-        if i < len(self.decisions):
-            output.vehicle_ahead = self.decisions[i]
-        if i < len(self.coverages):
-            output.coverage = self.coverages[i]
-
-    def _on_diagnostics(self, msg: Any) -> None:
-        for status in msg.status:
-            values = {kv.key: kv.value for kv in status.values}
-            if NODE_NAME in status.name and "frames_received" in values:
-                with self.lock:
-                    self.diagnostics = values
-                    # when the node made it (same host, same clock): counters as of then
-                    self.diagnostics_time = stamp_ns(msg.header.stamp) / 1e9
-
-    def ready(self) -> list[Output]:
-        """Outputs not handed out yet, in arrival order, once complete (or given up on)."""
-        now = time.time()
-        result = []
-        with self.lock:
-            while self.handed_out < len(self.order):
-                stamp = self.order[self.handed_out]
-                output = self.outputs[stamp]
-                if not output.complete and now - (output.label_arrival or now) < PARTIAL_AFTER_S:
-                    break
-                result.append(output)
-                del self.outputs[stamp]  # a long video must not pile up its overlays
-                self.done.add(stamp)
-                self.handed_out += 1
-        return result
-
-    def latest_diagnostics(self) -> tuple[float, dict[str, str]]:
-        with self.lock:
-            return self.diagnostics_time, dict(self.diagnostics)
 
 
 # --- the phases -----------------------------------------------------------------------------
@@ -273,69 +91,21 @@ class PhaseResult:
             return "?"
 
 
-class PlayerOutput:
-    """Reads the player's stdout: 'frame INDEX stamp SEC.NANOSEC NAME' lines and its summary."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.frames: dict[int, tuple[int, str]] = {}  # stamp -> (index, name)
-        self.summary = ""
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self.thread.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            parts = line.split()
-            if len(parts) >= 4 and parts[0] == "frame" and parts[2] == "stamp":
-                sec, _, nanosec = parts[3].partition(".")
-                with self.lock:
-                    self.frames[int(sec) * 1_000_000_000 + int(nanosec)] = (
-                        int(parts[1]), " ".join(parts[4:]))
-            elif line.strip():
-                self.summary = line.strip()
-
-    def lookup(self, stamp: int) -> tuple[int, str] | None:
-        with self.lock:
-            return self.frames.get(stamp)
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.frames)
-
-
 class Demo:
     """Owns the child processes and this process's ROS node; :meth:`close` always cleans up."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, env: dict[str, str]) -> None:
         self.args = args
+        self.env = env
         self.out: Path = args.out
-        self.children: list[subprocess.Popen] = []
-        self.node_process: subprocess.Popen | None = None
+        self.node: ChildProcess | None = None
+        self.players: list[ChildProcess] = []
         self.node_log = self.out / "node.log"
-        self.context = None
-        self.node = None
-        self.executor = None
-        self.spin_thread: threading.Thread | None = None
+        self.ros: RosNode | None = None
         self.collector: Collector | None = None
         self.ready = False
 
-    # --- processes --------------------------------------------------------------------------
-
-    def _start(self, command: list[str], log_path: Path, stdout_pipe: bool = False
-               ) -> subprocess.Popen:
-        env = dict(os.environ)
-        env.update(PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0",
-                   RCUTILS_COLORIZED_OUTPUT="0")
-        env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
-        with log_path.open("w") as log_file:
-            process = subprocess.Popen(
-                command, env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if stdout_pipe else log_file,
-                stderr=log_file if stdout_pipe else subprocess.STDOUT,
-                text=True,
-            )
-        self.children.append(process)
-        return process
+    # --- the node process -------------------------------------------------------------------
 
     def start_node(self) -> None:
         ros_args = []
@@ -345,59 +115,31 @@ class Demo:
             ros_args += ["-p", f"model:={self.args.model or DEFAULT_MODEL}"]
         if self.args.device:
             ros_args += ["-p", f"device:={self.args.device}"]
-        command = [sys.executable, "-m", "seg_perception.node", "--ros-args", *ros_args]
-        self.node_process = self._start(command, self.node_log)
+        self.node = ChildProcess(node_command(*ros_args), self.node_log, self.env)
 
     def node_tail(self, lines: int = 25) -> str:
-        try:
-            text = self.node_log.read_text(errors="replace").rstrip().splitlines()
-        except OSError:
-            return "(no node log)"
-        return "\n".join(f"  | {line}" for line in text[-lines:]) or "  | (empty)"
+        tail = self.node.log_text().rstrip().splitlines()[-lines:] if self.node else []
+        return "\n".join(f"  | {line}" for line in tail) or "  | (empty)"
 
     def ready_line(self) -> str:
         """': <what the node said>' from its 'ready: ...' log line, if it logged one."""
-        try:
-            lines = self.node_log.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
+        lines = self.node.log_text().splitlines() if self.node else []
         said = [line.split("ready: ", 1)[1] for line in lines if "ready: " in line]
         return f": {said[-1]}" if said else ""
 
     def check_node(self) -> None:
-        if self.node_process is not None and self.node_process.poll() is not None:
+        if self.node is not None and self.node.poll() is not None:
             what = "exited" if self.ready else "failed to start"
             raise DemoError(
-                f"the node {what} (exit code {self.node_process.returncode}); the end of its "
+                f"the node {what} (exit code {self.node.poll()}); the end of its "
                 f"log ({self.node_log}):\n{self.node_tail()}"
             )
 
     # --- ROS in this process ----------------------------------------------------------------
 
-    def start_ros(self, car_id: int | None) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.signals import SignalHandlerOptions
-
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node("seg_perception_demo", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.spin_thread = threading.Thread(target=self._spin, daemon=True)
-        self.spin_thread.start()
-        self.collector = Collector(self.node, car_id)
-
-    def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-
-        try:
-            self.executor.spin()
-        except ExternalShutdownException:
-            pass
-        except Exception as exc:  # noqa: BLE001 - shown, then the demo times out on outputs
-            if self.context is not None and self.context.ok():
-                print(f"demo: receiving outputs failed: {exc!r}", file=sys.stderr, flush=True)
+    def start_ros(self) -> None:
+        self.ros = RosNode("seg_perception_demo", background=True)
+        self.collector = Collector(self.ros)
 
     def wait_until_ready(self) -> float:
         """Seconds until the node's input and its vehicle_ahead publisher are in the graph.
@@ -405,55 +147,38 @@ class Demo:
         The node creates them once its model is loaded, so this means 'ready for frames'.
         """
         start = time.monotonic()
+        graph = self.ros.node
 
         def ready() -> bool:
             self.check_node()
-            publishers = self.node.get_publishers_info_by_topic(TOPICS["vehicle_ahead"])
-            subscribers = self.node.get_subscriptions_info_by_topic("/image")
-            return (any(p.node_name == NODE_NAME for p in publishers)
-                    and any(s.node_name == NODE_NAME for s in subscribers))
+            publishers = graph.get_publishers_info_by_topic("/" + topics.VEHICLE_AHEAD)
+            subscribers = graph.get_subscriptions_info_by_topic("/" + topics.IMAGE)
+            return (any(p.node_name == topics.NODE_NAME for p in publishers)
+                    and any(s.node_name == topics.NODE_NAME for s in subscribers))
 
         try:
-            _wait_for(ready, self.args.startup_timeout, "the node")
+            self.ros.wait_for(ready, self.args.startup_timeout, "the node")
         except TimeoutError:
             raise DemoError(
                 f"the node was not ready after {self.args.startup_timeout:g} s "
                 f"(--startup-timeout); the end of its log ({self.node_log}):\n{self.node_tail()}"
             ) from None
         self.ready = True
+        [names] = self.ros.get_parameters(NODE, ["class_names"])  # the running model's
+        self.collector.car_id = next(
+            (i for i, name in enumerate(names) if name.lower() == "car"), None)
         self.collector.subscribe(timeout=30.0)
         return time.monotonic() - start
 
     def set_node_parameters(self, values: dict[str, Any]) -> dict[str, Any]:
         """Set parameters of the node; returns their previous values (to restore later)."""
-        from rcl_interfaces.srv import GetParameters, SetParameters
-        from rclpy.parameter import Parameter, parameter_value_to_python
-
-        names = list(values)
-        previous = self._call(GetParameters, GetParameters.Request(names=names)).values
-        request = SetParameters.Request(
-            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
-        results = self._call(SetParameters, request).results
-        refused = [f"{n}: {r.reason}" for n, r in zip(names, results, strict=True)
+        previous = self.ros.get_parameters(NODE, list(values))
+        results = self.ros.set_parameters(NODE, values)
+        refused = [f"{n}: {r.reason}" for n, r in zip(values, results, strict=True)
                    if not r.successful]
         if refused:
             raise DemoError(f"the node refused parameters: {'; '.join(refused)}")
-        return {n: parameter_value_to_python(v) for n, v in zip(names, previous, strict=True)}
-
-    def _call(self, srv_type: Any, request: Any) -> Any:
-        name = "set_parameters" if "Set" in srv_type.__name__ else "get_parameters"
-        client = self.node.create_client(srv_type, f"/{NODE_NAME}/{name}")
-        try:
-            if not client.wait_for_service(timeout_sec=10.0):
-                raise DemoError(f"the node's /{NODE_NAME}/{name} service is not available")
-            future = client.call_async(request)
-            try:
-                _wait_for(future.done, 10.0, f"/{NODE_NAME}/{name}")
-            except TimeoutError as exc:
-                raise DemoError(str(exc)) from None
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
+        return dict(zip(values, previous, strict=True))
 
     # --- one phase --------------------------------------------------------------------------
 
@@ -462,17 +187,19 @@ class Demo:
         """Play ``source`` to the node and hand every output to ``handle`` as it arrives."""
         collector = self.collector
         collector.reset()
-        result = PhaseResult(name, node_before=collector.latest_diagnostics()[1])
+        result = PhaseResult(name, node_before=collector.counters.latest()[1])
         command = [sys.executable, "-m", "seg_perception.cli", "play", str(source),
                    "--print-frames", "--wait-subscribers", "1", "--wait-timeout", "60"]
         if self.args.rate:
             command += ["--rate", str(self.args.rate)]
         else:
-            command += ["--lockstep", LOCKSTEP_TOPIC, "--lockstep-timeout", "30"]
+            command += ["--lockstep", topics.LABEL_MAP, "--lockstep-timeout", "30"]
         if count:
             command += ["--count", str(count)]
-        player = self._start(command, self.out / f"player-{name}.log", stdout_pipe=True)
-        reader = PlayerOutput(player.stdout)
+        log = self.out / f"player-{name}.log"
+        player = ChildProcess(command, log, self.env, pipe=True)
+        self.players.append(player)
+        reader = PlayerOutput(player.process.stdout)
         last_activity = time.monotonic()
         player_end: float | None = None
         while True:
@@ -498,70 +225,25 @@ class Demo:
                 if due <= 0 or idle > SETTLE_S:
                     break
             time.sleep(0.02)
-        if player.returncode != 0:
-            raise DemoError(f"the player failed with code {player.returncode}; see "
-                            f"{self.out / f'player-{name}.log'}")
+        if player.poll() != 0:
+            raise DemoError(f"the player failed with code {player.poll()}; see {log}")
         result.published = reader.count()
         result.player_summary = reader.summary
         if reader.summary:
             print(f"  player: {reader.summary}", flush=True)
-        result.node_after = self._fresh_diagnostics()
+        # The node's counters from a diagnostics message made after the phase ended.
+        result.node_after = collector.counters.fresh(time.time_ns(), timeout=5.0)
         return result
 
-    def _fresh_diagnostics(self, timeout: float = 5.0) -> dict[str, str]:
-        """The node's counters from a diagnostics message made after the phase ended."""
-        asked = time.time()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            received, values = self.collector.latest_diagnostics()
-            if received > asked:
-                return values
-            time.sleep(0.05)
-        return self.collector.latest_diagnostics()[1]
-
-    # --- teardown ---------------------------------------------------------------------------
-
     def close(self) -> None:
-        """Stop the children (SIGINT, then kill) and this process's ROS; safe to call twice."""
-        for process in reversed(self.children):
-            _stop(process)
-        self.children.clear()
-        if self.executor is not None:
-            self.executor.shutdown(timeout_sec=2.0)
-        if self.node is not None:
-            self.node.destroy_node()
-            self.node = None
-        if self.context is not None:
-            self.context.try_shutdown()
-            self.context = None
-        if self.spin_thread is not None:
-            self.spin_thread.join(timeout=5.0)
+        """Stop the children (SIGINT, SIGTERM, kill) and this process's ROS; safe twice."""
+        for child in reversed([*([self.node] if self.node else []), *self.players]):
+            child.stop(STOP_TIMEOUT_S)
+        if self.ros is not None:
+            self.ros.close()
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
-
-
-def _wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
-
-
-# --- model facts without loading the model --------------------------------------------------
+# --- the command ----------------------------------------------------------------------------
 
 
 def _model_name(args: argparse.Namespace) -> str:
@@ -579,27 +261,6 @@ def _model_name(args: argparse.Namespace) -> str:
         except (OSError, AttributeError, ValueError):
             pass
     return DEFAULT_MODEL
-
-
-def _class_names(model: str) -> tuple[str, ...] | None:
-    """The model's class names: the registry's, or the metadata inside an exported file."""
-    if model in BUILTIN_MODELS:
-        return BUILTIN_MODELS[model].metadata.class_names
-    path = Path(model).expanduser()
-    try:
-        with zipfile.ZipFile(path) as archive:
-            member = next(n for n in archive.namelist() if n.endswith("extra/seg_perception.json"))
-            return tuple(json.loads(archive.read(member))["class_names"])
-    except (OSError, StopIteration, KeyError, ValueError, zipfile.BadZipFile):
-        return None
-
-
-def _car_id(model: str) -> int | None:
-    names = [n.lower() for n in _class_names(model) or ()]
-    return names.index("car") if "car" in names else None
-
-
-# --- the command ----------------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -627,22 +288,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _prepare_environment() -> dict[str, str]:
-    """This process's and the children's ROS settings (set here, inherited by children)."""
-    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    profile = use_fastdds_profile()
-    return {
-        "ROS_DOMAIN_ID": os.environ["ROS_DOMAIN_ID"],
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"],
-        "FASTDDS_DEFAULT_PROFILES_FILE": profile or "(none: default transports)",
-    }
+    """This process's and the children's ROS settings: a domain, discovery range and Fast
+    DDS profile of their own unless set (this process's rclpy reads them when it starts)."""
+    env = ros_env(discovery=os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"))
+    os.environ.update(env)
+    return env
 
 
 def run(args: argparse.Namespace) -> int:
     if args.rate is not None and not args.rate > 0:
-        raise ValueError(f"--rate must be positive, not {args.rate}")
+        raise UsageError(f"--rate must be positive, not {args.rate}")
     if args.max_frames < 0:
-        raise ValueError(f"--max-frames must be positive, not {args.max_frames}")
+        raise UsageError(f"--max-frames must be positive, not {args.max_frames}")
     video = args.video or dashcam_video()
     stills = args.stills or shared_path("data", "dashcam", "stills")
     phases = [args.only] if args.only else ["stills", "video"]
@@ -650,19 +307,20 @@ def run(args: argparse.Namespace) -> int:
     still_source = open_source(stills) if "stills" in phases else None
     video_source = open_source(video) if "video" in phases else None
     if still_source is not None and not os.path.isdir(stills):
-        raise ValueError(f"--stills must be a folder of images, not {stills}")
+        raise UsageError(f"--stills must be a folder of images, not {stills}")
     args.out.mkdir(parents=True, exist_ok=True)
     model = _model_name(args)
-    car_id = _car_id(model)
 
-    settings = _prepare_environment()
+    env = _prepare_environment()
+    settings = {k: env.get(k) or "(none: default transports)" for k in (
+        "ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_DEFAULT_PROFILES_FILE")}
     print(f"demo: model {model}, output in {args.out}/; " + ", ".join(
         f"{k}={v}" for k, v in settings.items()), flush=True)
-    demo = Demo(args)
+    demo = Demo(args, env)
     results: list[PhaseResult] = []
     try:
         demo.start_node()
-        demo.start_ros(car_id)
+        demo.start_ros()
         print(f"demo: starting the node (log: {demo.node_log}) ...", flush=True)
         seconds = demo.wait_until_ready()
         print(f"demo: node ready after {seconds:.1f} s{demo.ready_line()}", flush=True)
@@ -671,7 +329,7 @@ def run(args: argparse.Namespace) -> int:
         if video_source is not None:
             count = min(args.max_frames or video_source.length or 0, video_source.length or 0)
             results.append(_video_phase(demo, video, count or None, video_source.rate, args.out))
-        _print_summary(results, demo.collector.latest_diagnostics()[1], args.out)
+        _print_summary(results, demo.collector.counters.latest()[1], args.out)
     except (DemoError, TimeoutError) as exc:
         print(f"seg-perception demo: error: {exc}", file=sys.stderr)
         return 1

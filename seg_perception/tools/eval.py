@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
-import torch
+from tqdm import tqdm
 
-from seg_perception.core.pipeline import SegmentationPipeline
+from seg_perception.core.pipeline import SegmentationPipeline, configure_threads
 from seg_perception.core.vehicle_ahead import (
     DEFAULT_CORRIDOR,
     DEFAULT_MIN_BLOB_FRACTION,
@@ -22,16 +23,25 @@ from seg_perception.core.vehicle_ahead import (
     VehicleAheadConfig,
     resolve_vehicle_class_ids,
 )
+from seg_perception.errors import UsageError
 from seg_perception.evaluation import (
+    CONFIDENCE_THRESHOLDS,
+    ECE_BINS,
     LABEL_SETS,
     ClassMapping,
     EvaluationResult,
     Evaluator,
-    ProgressBar,
     Sample,
     find_samples,
     read_labels,
     run_evaluation,
+)
+from seg_perception.evaluation.report import (
+    ReportFrame,
+    calibration_summary,
+    format_ratio,
+    worst_frames,
+    write_report,
 )
 from seg_perception.models.loading import load_model
 from seg_perception.shared_data import use_shared_torch_home
@@ -39,7 +49,8 @@ from seg_perception.tools.common import add_model_arguments, parse_size
 
 log = logging.getLogger(__name__)
 
-HELP = "measure segmentation quality and the vehicle-ahead decision on labelled images"
+HELP = ("measure segmentation quality, its confidence calibration and the vehicle-ahead "
+        "decision on labelled images")
 _CORRIDOR_TEXT = ", ".join(f"({x:g}, {y:g})" for x, y in DEFAULT_CORRIDOR)
 EPILOG = f"""ground truth for "vehicle ahead" (fixed; part of the product definition):
   a frame has a vehicle ahead when at least {GROUND_TRUTH_MIN_COVERAGE:.0%} of the corridor's pixels
@@ -61,10 +72,17 @@ mapping file (YAML): "classes:" maps each data-set class to a list of model clas
   predicted as one counts as wrong. Shipped: config/mappings/<model labels>_to_<dataset>.yaml,
   chosen automatically (cityscapes_to_camvid.yaml for espnet-cityscapes).
 
-outputs in --output: eval.json (metrics, per-frame records, confusion matrix, PR curve),
-  report.md, confusion_matrix.png, per_class_iou.png, vehicle_ahead_pr.png (PR curve with the
-  operating point), vehicle_ahead_coverage.png (predicted against labelled coverage per frame),
-  worst_frames.png (worst false alarms and misses with overlays).
+calibration: the frame path's per-pixel confidence (max class probability, what the node's
+  min_confidence compares) against how often the pixel is right: ECE over {ECE_BINS} equal-width
+  bins, the reliability table, and the share and accuracy of the pixels that min_confidence
+  {' / '.join(f'{t:g}' for t in CONFIDENCE_THRESHOLDS)} would keep. Void is ignored, unmapped
+  predictions are wrong.
+
+outputs in --output: eval.json (metrics, per-frame records, confusion matrix, PR curve,
+  "calibration"), report.md, confusion_matrix.png, per_class_iou.png, vehicle_ahead_pr.png
+  (PR curve with the operating point), vehicle_ahead_coverage.png (predicted against labelled
+  coverage per frame), worst_frames.png (worst false alarms and misses with overlays),
+  reliability.png (accuracy against confidence per bin, with the pixels per bin).
 
 examples:
   seg-perception eval --images ../shared/data/camvid/val --labels ../shared/data/camvid/valannot
@@ -126,7 +144,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _samples(args: argparse.Namespace) -> list[Sample]:
     if len(args.images) != len(args.labels):
-        raise ValueError(f"{len(args.images)} --images folder(s) but {len(args.labels)} "
+        raise UsageError(f"{len(args.images)} --images folder(s) but {len(args.labels)} "
                          "--labels folder(s): give them in pairs")
     several = len(args.images) > 1
     samples: list[Sample] = []
@@ -147,8 +165,32 @@ def _corridor(text: str | None) -> Corridor:
     try:
         flat = [float(v) for v in text.split(",")]
     except ValueError:
-        raise ValueError(f"--corridor must be comma-separated numbers, not {text!r}") from None
+        raise UsageError(f"--corridor must be comma-separated numbers, not {text!r}") from None
     return Corridor.from_flat(flat)
+
+
+def _check_numbers(args: argparse.Namespace, corridor: Corridor) -> None:
+    """The decision settings and counts, checked before the model loads: fail fast."""
+    for option, value in (("--limit", args.limit), ("--worst", args.worst)):
+        if value < 0:
+            raise UsageError(f"{option} must be >= 0, not {value}")
+    try:
+        VehicleAheadConfig(corridor, min_coverage=args.min_coverage,
+                           min_blob_fraction=args.min_blob_fraction)
+    except ValueError as exc:  # e.g. "min_coverage must be in [0, 1], got 2.0"
+        raise UsageError("--" + str(exc).replace("_", "-")) from None
+
+
+def _check_output(folder: Path) -> None:
+    """Refuse an unusable --output before minutes of evaluation, not after: the folder must
+    be (or be creatable as) a writable folder. It is created only when results exist."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"-o/--output {folder}: {existing} exists and is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"-o/--output {folder}: {existing} is not writable")
 
 
 def _config(args: argparse.Namespace, corridor: Corridor, class_names: tuple[str, ...]
@@ -172,26 +214,20 @@ def print_sweep(result: EvaluationResult, stream=None) -> None:
         if point.threshold not in marks and point.threshold != operating:
             continue
         c = point.counts
+        precision, recall, f1 = (format_ratio(v) for v in (c.precision, c.recall, c.f1))
         star = "  <- operating point" if point.threshold == operating else ""
         print(f"{point.threshold:9.4f} {c.tp:4d} {c.fp:4d} {c.fn:4d} {c.tn:5d} "
-              f"{_f(c.precision):>9} {_f(c.recall):>6} {_f(c.f1):>6}{star}", file=stream)
-
-
-def _f(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+              f"{precision:>9} {recall:>6} {f1:>6}{star}", file=stream)
 
 
 def run(args: argparse.Namespace) -> int:
-    from seg_perception.reporting import ReportFrame, worst_frames, write_report
-
     dataset = LABEL_SETS[args.dataset]
     samples = _samples(args)
     corridor = _corridor(args.corridor)
-    VehicleAheadConfig(corridor, min_coverage=args.min_coverage,  # validate before loading
-                       min_blob_fraction=args.min_blob_fraction)
+    _check_numbers(args, corridor)
+    _check_output(args.output)
     use_shared_torch_home()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
     model = load_model(args.model, device=args.device, precision=args.precision,
                        input_size=args.input_size)
     meta = model.metadata
@@ -200,13 +236,15 @@ def run(args: argparse.Namespace) -> int:
     config, vehicle_names = _config(args, corridor, meta.class_names)
     pipeline = SegmentationPipeline(model)
     evaluator = Evaluator(mapping, config, vehicle_names)
-    progress = None if args.no_progress else ProgressBar("eval ")
     keep = None if args.no_report else (lambda r: r.outcome in ("fp", "fn"))
     kept: list[ReportFrame] = []
     by_name = {s.name: s for s in samples}
     start = time.perf_counter()
-    for record, label_map in run_evaluation(pipeline, samples, evaluator, progress, keep):
-        if label_map is not None:
+    with tqdm(total=len(samples), desc="eval", unit="img", file=sys.stderr,
+              disable=args.no_progress) as progress:
+        for record, label_map in run_evaluation(pipeline, samples, evaluator, progress, keep):
+            if label_map is None:
+                continue
             sample = by_name[record.name]
             kept.append(ReportFrame(record, sample.image, read_labels(sample.labels), label_map))
             if len(kept) > 4 * max(args.worst, 1):  # bound memory: keep the worst ones only
@@ -223,11 +261,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(result.frames)} images in {seconds:.1f} s "
           f"({seconds / len(result.frames) * 1e3:.0f} ms/image), model {meta.name}, input "
           f"{'x'.join(map(str, meta.input_size)) if meta.input_size else 'native'}")
-    print(f"segmentation: pixel accuracy {_f(result.confusion.pixel_accuracy)}, "
-          f"mean IoU {_f(result.confusion.mean_iou)}")
+    print(f"segmentation: pixel accuracy {format_ratio(result.confusion.pixel_accuracy)}, "
+          f"mean IoU {format_ratio(result.confusion.mean_iou)}")
+    if result.calibration is not None:
+        print("\n".join(calibration_summary(result.calibration)))
     print(f"vehicle ahead @ {config.min_coverage:g}: TP {counts.tp} FP {counts.fp} "
-          f"FN {counts.fn} TN {counts.tn}, precision {_f(counts.precision)}, "
-          f"recall {_f(counts.recall)}, F1 {_f(counts.f1)}")
+          f"FN {counts.fn} TN {counts.tn}, precision {format_ratio(counts.precision)}, "
+          f"recall {format_ratio(counts.recall)}, F1 {format_ratio(counts.f1)}")
     if args.sweep:
         print_sweep(result)
     print(f"wrote {json_path}" + ("" if args.no_report else f" and the report in {args.output}"))

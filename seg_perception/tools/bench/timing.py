@@ -1,6 +1,7 @@
-"""Timing helpers for the benchmark and the soak test (ROS-free, torch-free).
+"""The benchmark's figures: stage timing, summaries, windows and paired ratios (ROS- and
+torch-free).
 
-Percentiles come from :class:`seg_perception.runtime.LatencyWindow` (nearest rank), so the
+Percentiles come from :func:`seg_perception.core.stats.percentiles_ms` (nearest rank), so the
 benchmark and the node's ``/diagnostics`` report latencies the same way.
 """
 
@@ -9,13 +10,15 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
+import numpy as np
+
 from seg_perception.core.stats import percentiles_ms
 
-__all__ = ["StageTimer", "Summary", "per_window", "percentiles_ms", "summarize"]
+__all__ = ["StageTimer", "Summary", "paired_ratio", "per_window", "ratio", "sig", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -122,3 +125,22 @@ def per_window(
         index = int((when - origin) // window_s)
         buckets[index if last is None else min(index, last)].append(duration)
     return [(index * window_s, summarize(values)) for index, values in sorted(buckets.items())]
+
+
+def paired_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:
+    """Median of per-frame ratios. The contenders run back to back on each frame, so a
+    ratio per frame cancels the machine's drift over the run (20 % and more here), which a
+    ratio of two medians does not."""
+    return float(np.median(np.asarray(numerators) / np.asarray(denominators)))
+
+
+def sig(value: float | None, digits: int = 4) -> float | None:
+    """Rounded to significant digits (never to 0 for a small positive figure)."""
+    return None if value is None else float(f"{value:.{digits}g}")
+
+
+def ratio(num: float | None, den: float | None) -> float | None:
+    """``num / den`` to significant digits; None when either is missing or ``den`` <= 0."""
+    if num is None or den is None or not den > 0:
+        return None
+    return sig(num / den)

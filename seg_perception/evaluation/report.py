@@ -15,16 +15,26 @@ import cv2
 import numpy as np
 
 from seg_perception.core.vehicle_ahead import GROUND_TRUTH_MIN_COVERAGE, Corridor
-from seg_perception.evaluation import EvaluationResult, FrameRecord, read_image
+from seg_perception.evaluation.dataset import read_image
+from seg_perception.evaluation.evaluate import EvaluationResult
+from seg_perception.evaluation.metrics import (
+    CONFIDENCE_THRESHOLDS,
+    ECE_BINS,
+    Calibration,
+    FrameRecord,
+)
 
 __all__ = [
     "FIGURE_NAMES",
     "ReportFrame",
+    "calibration_summary",
     "contact_sheet",
+    "format_ratio",
     "plot_confusion",
     "plot_coverage",
     "plot_iou",
     "plot_pr_curve",
+    "plot_reliability",
     "worst_frames",
     "write_markdown",
     "write_report",
@@ -36,6 +46,7 @@ FIGURE_NAMES = {
     "pr": "vehicle_ahead_pr.png",
     "coverage": "vehicle_ahead_coverage.png",
     "sheet": "worst_frames.png",
+    "reliability": "reliability.png",
 }
 
 _PRED_COLOUR = (0, 0, 255)  # BGR red: predicted vehicle pixels
@@ -52,8 +63,26 @@ def _pyplot():
     return plt
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
+def format_ratio(value: float | None, digits: int = 3) -> str:
+    """A metric for people: fixed digits, and "n/a" where it is undefined (None or NaN)."""
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def calibration_summary(calibration: Calibration) -> list[str]:
+    """Two lines for people (the tool's summary, the report): ECE, and what thresholds keep."""
+    kept = [calibration.retention(t) for t in CONFIDENCE_THRESHOLDS]
+    return [
+        f"calibration: ECE {format_ratio(calibration.ece())} ({ECE_BINS} bins), mean "
+        f"confidence {format_ratio(calibration.mean_confidence)} against accuracy "
+        f"{format_ratio(calibration.accuracy)} on {calibration.total} labelled pixels",
+        f"min_confidence {' / '.join(f'{k.threshold:g}' for k in kept)} keeps "
+        f"{' / '.join(_percent(k.fraction) for k in kept)} of them at accuracy "
+        f"{' / '.join(format_ratio(k.accuracy) for k in kept)}",
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,7 +126,7 @@ def plot_iou(result: EvaluationResult, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4))
     bars = ax.bar(names, values, color=colours, edgecolor="black", linewidth=0.5)
     for bar, value in zip(bars, iou.values(), strict=True):
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01, _fmt(value, 2),
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01, format_ratio(value, 2),
                 ha="center", va="bottom", fontsize=8)
     mean = result.confusion.mean_iou
     if math.isfinite(mean):
@@ -138,7 +167,7 @@ def plot_pr_curve(result: EvaluationResult, path: Path) -> Path:
     if operating.recall is not None and operating.precision is not None:
         left.plot([operating.recall], [operating.precision], "o", color="crimson",
                   markersize=8, label=f"operating point (threshold {threshold:g}): "
-                  f"F1 {_fmt(operating.f1)}")
+                  f"F1 {format_ratio(operating.f1)}")
         left.legend(loc="lower left", fontsize=8)
     left.set_xlabel("recall")
     left.set_ylabel("precision")
@@ -196,6 +225,57 @@ def plot_coverage(result: EvaluationResult, path: Path) -> Path:
     ax.set_title(f"{result.model}: coverage per frame ({len(result.frames)})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_reliability(result: EvaluationResult, path: Path) -> Path:
+    """Reliability diagram: accuracy per confidence bin against the diagonal (a calibrated
+    model's bars end on it; below it = over-confident), and the pixels per bin under it."""
+    plt = _pyplot()
+    calibration = result.calibration
+    if calibration is None:
+        raise ValueError("the evaluation has no calibration (frames without confidence)")
+    bins = calibration.bins()
+    lower = np.array([b.lower for b in bins])
+    width = bins[0].upper - bins[0].lower
+    accuracy = np.array([_nan(b.accuracy) for b in bins])
+    confidence = np.array([_nan(b.confidence) for b in bins])
+    pixels = np.array([b.pixels for b in bins])
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 7), sharex=True,
+                                      gridspec_kw={"height_ratios": (3, 1)})
+    top.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1,
+             label="perfect calibration")
+    top.bar(lower, np.nan_to_num(accuracy), width=width, align="edge", color="tab:blue",
+            edgecolor="black", linewidth=0.5, label="accuracy")
+    gap_low = np.fmin(accuracy, confidence)
+    top.bar(lower, np.nan_to_num(np.abs(confidence - accuracy)), bottom=np.nan_to_num(gap_low),
+            width=width, align="edge", color="crimson", alpha=0.3, edgecolor="crimson",
+            linewidth=0.5, label="gap to the mean confidence")
+    top.plot(confidence, accuracy, "o", color="black", markersize=3,
+             label="(mean confidence, accuracy)")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy of the bin's pixels")
+    top.legend(loc="upper left", fontsize=8)
+    top.grid(alpha=0.3)
+    top.set_title(f"{result.model} on {result.dataset.name}: ECE "
+                  f"{format_ratio(calibration.ece())} ({len(bins)} bins)")
+    bottom.bar(lower, pixels, width=width, align="edge", color="tab:grey", edgecolor="black",
+               linewidth=0.5)
+    if pixels.any():
+        bottom.set_yscale("log")
+    for threshold in CONFIDENCE_THRESHOLDS:
+        kept = calibration.retention(threshold)
+        bottom.axvline(threshold, color="crimson", linestyle=":", linewidth=1)
+        bottom.annotate(f"≥{threshold:g}: {_percent(kept.fraction)}", (threshold, 1.0),
+                        xycoords=("data", "axes fraction"), xytext=(-2, -10),
+                        textcoords="offset points", ha="right", fontsize=7, color="crimson")
+    bottom.set_xlabel("confidence (max class probability)")
+    bottom.set_ylabel("pixels")
+    bottom.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -302,15 +382,15 @@ def write_markdown(result: EvaluationResult, path: Path, figures: Mapping[str, P
         "",
         "## Segmentation",
         "",
-        f"- pixel accuracy: **{_fmt(conf.pixel_accuracy)}** (void ground truth ignored)",
-        f"- mean IoU over {result.dataset.num_classes} classes: **{_fmt(conf.mean_iou)}**",
+        f"- pixel accuracy: **{format_ratio(conf.pixel_accuracy)}** (void ground truth ignored)",
+        f"- mean IoU over {result.dataset.num_classes} classes: **{format_ratio(conf.mean_iou)}**",
         f"- class mapping: {result.mapping.path or 'identity by class name'}"
         + (f"; unmapped model classes ({', '.join(result.mapping.unmapped_sources)}) count "
            "as wrong" if result.mapping.unmapped_sources else ""),
         "",
         "| class | IoU |",
         "|---|---|",
-        *(f"| {name} | {_fmt(value)} |" for name, value in result.per_class_iou().items()),
+        *(f"| {name} | {format_ratio(value)} |" for name, value in result.per_class_iou().items()),
         "",
         "## Vehicle ahead (per frame, no hysteresis)",
         "",
@@ -326,8 +406,9 @@ def write_markdown(result: EvaluationResult, path: Path, figures: Mapping[str, P
         "",
         "| TP | FP | FN | TN | precision | recall | F1 |",
         "|---|---|---|---|---|---|---|",
-        f"| {counts.tp} | {counts.fp} | {counts.fn} | {counts.tn} | {_fmt(counts.precision)} | "
-        f"{_fmt(counts.recall)} | {_fmt(counts.f1)} |",
+        f"| {counts.tp} | {counts.fp} | {counts.fn} | {counts.tn} | "
+        f"{format_ratio(counts.precision)} | {format_ratio(counts.recall)} | "
+        f"{format_ratio(counts.f1)} |",
         "",
         "n/a: undefined (e.g. recall with no vehicle-ahead frames in the set).",
         "",
@@ -338,16 +419,44 @@ def write_markdown(result: EvaluationResult, path: Path, figures: Mapping[str, P
         lines += [f"| {r.name} | {r.outcome.upper()} | {r.coverage_true:.3f} | "
                   f"{r.coverage_pred:.3f} |" for r in worst]
         lines.append("")
+    if result.calibration is not None:
+        lines += _calibration_markdown(result.calibration)
     if figures:
         lines += ["## Figures", ""]
         titles = {"confusion": "Confusion matrix", "iou": "Per-class IoU",
                   "pr": "Vehicle ahead: precision-recall",
                   "coverage": "Vehicle ahead: predicted against labelled coverage",
-                  "sheet": "Worst false alarms and misses"}
+                  "sheet": "Worst false alarms and misses",
+                  "reliability": "Confidence calibration: reliability diagram"}
         for key, figure in figures.items():
             lines += [f"### {titles.get(key, key)}", "", f"![{key}]({Path(figure).name})", ""]
     path.write_text("\n".join(lines))
     return path
+
+
+def _calibration_markdown(calibration: Calibration) -> list[str]:
+    """The calibration section: summary, what thresholds keep, the non-empty bins."""
+    lines = [
+        "## Confidence calibration",
+        "",
+        "Confidence: the frame path's per-pixel max class probability (8-bit). A pixel is "
+        "correct when its model class, mapped onto the data set, equals its label (unmapped "
+        "classes are wrong); void is ignored. ECE: the pixel-weighted mean of |accuracy - mean "
+        "confidence| over equal-width confidence bins (0: calibrated).",
+        "",
+        f"- {calibration_summary(calibration)[0]}",
+        "",
+        "| min_confidence | pixels kept | accuracy of the kept pixels |",
+        "|---|---|---|",
+    ]
+    for threshold in CONFIDENCE_THRESHOLDS:
+        kept = calibration.retention(threshold)
+        lines.append(f"| {threshold:g} | {_percent(kept.fraction)} | "
+                     f"{format_ratio(kept.accuracy)} |")
+    lines += ["", "| confidence | pixels | mean confidence | accuracy |", "|---|---|---|---|"]
+    lines += [f"| ({b.lower:.3f}, {b.upper:.3f}] | {b.pixels} | {format_ratio(b.confidence)} | "
+              f"{format_ratio(b.accuracy)} |" for b in calibration.bins() if b.pixels]
+    return [*lines, ""]
 
 
 def write_report(result: EvaluationResult, out_dir: Path,
@@ -360,6 +469,8 @@ def write_report(result: EvaluationResult, out_dir: Path,
         "pr": plot_pr_curve(result, out_dir / FIGURE_NAMES["pr"]),
         "coverage": plot_coverage(result, out_dir / FIGURE_NAMES["coverage"]),
     }
+    if result.calibration is not None:
+        figures["reliability"] = plot_reliability(result, out_dir / FIGURE_NAMES["reliability"])
     worst = worst_frames(result.frames, worst_count)
     by_name = {f.record.name: f for f in kept}
     sheet_frames = [by_name[r.name] for r in worst if r.name in by_name]

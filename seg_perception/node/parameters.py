@@ -1,0 +1,94 @@
+"""The node's parameters on the ROS side: declared with descriptors, read back, refused.
+
+The schema (names, defaults, ranges, meanings) is :mod:`seg_perception.node.params`; this
+module only puts it onto an rclpy node: every parameter and each per-camera override given at
+start-up is declared with its descriptor, an override rclpy refuses becomes a one-line reason
+(configure then fails with it), and names the node does not know get a warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.parameter import Parameter
+
+from seg_perception.node.params import (
+    PARAMETERS,
+    ParameterError,
+    descriptor,
+    parameter_defaults,
+    settings_from,
+    split_camera_parameter,
+)
+
+__all__ = ["declare_parameters", "parameter_values_of", "show_class_names"]
+
+_ROS_OWN = ("use_sim_time", "class_names")
+
+
+def declare_parameters(node: Any, overrides: Mapping[str, Any]) -> str:
+    """Declare every parameter and the per-camera overrides given at start-up on ``node``.
+
+    Returns the first problem ("" when none): a value rclpy refuses is replaced by the
+    default and reported, so a managed node stays up and fails its configure with the reason.
+    """
+    problems = []
+
+    def declare(full_name: str, name: str, default: Any) -> None:
+        try:
+            node.declare_parameter(full_name, default, descriptor(name))
+        except Exception as exc:  # noqa: BLE001 - rclpy's type/range refusals
+            node.declare_parameter(full_name, default, descriptor(name), ignore_override=True)
+            problems.append(_override_problem(full_name, name, overrides.get(full_name), exc))
+
+    defaults = parameter_defaults()
+    for name, default in defaults.items():
+        declare(name, name, default)
+    cameras = node.get_parameter("cameras").value
+    logger = node.get_logger()
+    for full_name in sorted(overrides):
+        split = split_camera_parameter(full_name)
+        if split is not None and split[0] in cameras:
+            declare(full_name, split[1], defaults[split[1]])
+        elif full_name not in PARAMETERS and full_name not in _ROS_OWN:
+            where = f" (cameras: {list(cameras)})" if "." in full_name else ""
+            logger.warning(f"parameter '{full_name}' is not a parameter of this node "
+                           f"(ignored): check its spelling{where}")
+    if node.get_parameter("model_path").value and "model" in overrides:
+        logger.warning("both 'model' and 'model_path' are set: model_path wins")
+    return problems[0] if problems else ""
+
+
+def _override_problem(full_name: str, name: str, override: Any, exc: Exception) -> str:
+    """Our own reason for an override rclpy refused (clearer than rclpy's), else rclpy's."""
+    if override is not None:
+        try:
+            settings_from({name: override.value})
+        except ParameterError as problem:
+            return f"parameter '{full_name}': {problem.reason}"
+    return f"parameter '{full_name}': " + " ".join(str(exc).split())
+
+
+def parameter_values_of(node: Any) -> dict[str, Any]:
+    """The node's parameters and the declared per-camera overrides, by name."""
+    return {name: node.get_parameter(name).value for name in node._parameters
+            if name in PARAMETERS or split_camera_parameter(name)}
+
+
+def show_class_names(node: Any, class_names: tuple[str, ...]) -> None:
+    """Declare or update the read-only parameter ``class_names`` (the caller lets its own
+    parameter callback pass the change)."""
+    names = list(class_names)
+    if not node.has_parameter("class_names"):
+        node.declare_parameter("class_names", names, ParameterDescriptor(
+            description="Class names of the running model, by class id (the values in "
+            "segmentation/label_map; 255 is unknown).", read_only=True))
+        return
+    try:
+        node._set_parameters_atomically_common(
+            [Parameter("class_names", value=names)],
+            descriptors={"class_names": node.describe_parameter("class_names")})
+    except Exception as exc:  # noqa: BLE001 - rclpy internals: report, do not crash
+        node.get_logger().warning(f"could not update class_names: {exc}")
