@@ -34,9 +34,15 @@ def bench_command(threads: int, frames: int, json_path: Path | None, model: str)
 
 
 def environment(policy: str) -> dict[str, str]:
+    """``default``: libgomp's own (an empty value stops the tools from choosing theirs;
+    libgomp then warns once and uses its default); ``PASSIVE``/``ACTIVE``; ``SPIN<N>``: the
+    default policy with GOMP_SPINCOUNT=N (spin that long, then sleep)."""
     env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)
-    if policy != "default":
+    env.pop("GOMP_SPINCOUNT", None)
+    env["OMP_WAIT_POLICY"] = ""
+    if policy.startswith("SPIN"):
+        env["GOMP_SPINCOUNT"] = policy[4:]
+    elif policy != "default":
         env["OMP_WAIT_POLICY"] = policy
     return env
 
@@ -69,8 +75,9 @@ def measure(threads: int, policy: str, condition: str, frames: int, model: str,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", default="1,2", help="thread counts (default 1,2)")
-    parser.add_argument("--policies", default="default,PASSIVE",
-                        help="OpenMP wait policies (default: default,PASSIVE)")
+    parser.add_argument("--policies", default="default,PASSIVE,SPIN10000",
+                        help="OpenMP wait policies: default, PASSIVE, ACTIVE, SPIN<count> "
+                        "(default: default,PASSIVE,SPIN10000)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--model", default="espnet-cityscapes")

@@ -31,6 +31,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from seg_perception.checks import atomic_write, check_output_dir  # noqa: E402
 from seg_perception.core.vehicle_ahead import (  # noqa: E402
     DEFAULT_CORRIDOR,
     DEFAULT_MIN_COVERAGE,
@@ -39,6 +40,7 @@ from seg_perception.core.vehicle_ahead import (  # noqa: E402
     ground_truth_vehicle_ahead,
     resolve_vehicle_class_ids,
 )
+from seg_perception.errors import UsageError  # noqa: E402
 from seg_perception.evaluation import (  # noqa: E402
     LABEL_SETS,
     ClassMapping,
@@ -97,6 +99,12 @@ def main() -> int:
                         help="where label maps are cached between runs")
     parser.add_argument("--out", type=Path, help="write tuning.json and a figure here")
     args = parser.parse_args()
+    try:  # before minutes of inference, not after
+        for folder, option in ((args.out, "--out"), (args.cache, "--cache")):
+            if folder is not None:
+                check_output_dir(folder, option)
+    except UsageError as exc:
+        parser.error(str(exc))
     use_shared_torch_home()
     camvid = args.camvid or shared_path("data", "camvid")
     samples = []
@@ -155,7 +163,8 @@ def main() -> int:
                       f"{best_t:6.4f} {min(plateau):>14.4f} .. {max(plateau):.4f}")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "tuning.json").write_text(json.dumps(rows, indent=1))
+        with atomic_write(args.out / "tuning.json") as stream:
+            json.dump(rows, stream, indent=1)
         import matplotlib
 
         matplotlib.use("Agg")

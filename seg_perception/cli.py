@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import pickle
 import sys
 
 TOOLS = ("export", "eval", "bench", "play", "demo", "train")
@@ -46,9 +47,9 @@ def build_parser(tools: tuple[str, ...] = TOOLS) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from seg_perception.host_memory import keep_freed_memory
+    from seg_perception.process_setup import prepare_process
 
-    keep_freed_memory()  # before the tools' imports start threads (numpy, OpenCV, rclpy)
+    prepare_process()  # before the tools' imports start threads (numpy, OpenCV, rclpy, torch)
     argv = sys.argv[1:] if argv is None else argv
     named = next((word for word in argv if not word.startswith("-")), None)
     # Only the named tool's module: building every tool's parser imports torch (seconds).
@@ -61,11 +62,24 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.run(args) or 0)
-    except (SegPerceptionError, FileNotFoundError) as exc:  # anything else is a bug
-        print(f"seg-perception {args.tool}: error: {exc}", file=sys.stderr)
+    except (SegPerceptionError, OSError, pickle.UnpicklingError) as exc:  # else: a bug
+        print(f"seg-perception {args.tool}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    """The user's side of an error: a project error's own message, a system error's file and
+    reason (not its errno), the first line of anything else."""
+    from seg_perception.errors import SegPerceptionError
+
+    if isinstance(exc, SegPerceptionError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":

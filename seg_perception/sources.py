@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from seg_perception.core.image_codec import decode_compressed_msg, decode_image_msg
+from seg_perception.core.compressed_codec import decode_compressed_msg
+from seg_perception.core.image_codec import decode_image_msg
 from seg_perception.errors import SegPerceptionError
 
 if TYPE_CHECKING:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from seg_perception.process_setup import prepare_process
+
+prepare_process()  # as the node and the tools do, before numpy, OpenCV and torch start threads
+
 import os
 import random
 from pathlib import Path

@@ -16,7 +16,8 @@ import pytest
 from seg_perception.tools.rosgraph import ros_env as graph_env
 
 REPO = Path(__file__).resolve().parents[1]
-VIDEO_FRAMES = 8
+VIDEO_FRAMES = 8  # also the frames per camera of phase 3
+CAMERAS = ("front", "left", "right")
 
 pytestmark = pytest.mark.slow  # every test runs the demo: the node, a player, the model
 
@@ -30,12 +31,28 @@ def _demo(env: dict[str, str], *args: str, timeout: float) -> subprocess.Complet
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, shared):
-    """One real demo run (6 stills + 8 video frames), shared by the checks below."""
+    """One real demo run (6 stills, 8 video frames, 8 frames on each of three cameras),
+    shared by the checks below."""
     out = tmp_path_factory.mktemp("demo")
     env = graph_env(random.randint(1, 101))  # module-wide: conftest's ros_env is per test
     result = _demo(env, "--out", str(out), "--max-frames", str(VIDEO_FRAMES), "--device", "cpu",
-                   timeout=240)
+                   timeout=300)
     return result, out
+
+
+def _frames(path: Path) -> tuple[list[np.ndarray], float]:
+    """The frames of a video file and its fps."""
+    capture = cv2.VideoCapture(str(path))
+    assert capture.isOpened(), path
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    capture.release()
+    return frames, fps
 
 
 def test_demo_succeeds_and_prints_a_summary(demo_run):
@@ -83,16 +100,8 @@ def test_demo_prints_a_line_per_still_and_sees_no_car_in_test2(demo_run):
 
 def test_demo_video_and_csv_have_every_frame(demo_run):
     result, out = demo_run
-    capture = cv2.VideoCapture(str(out / "overlay.mp4"))
-    assert capture.isOpened()
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(25.0)
-    capture.release()
+    frames, fps = _frames(out / "overlay.mp4")
+    assert fps == pytest.approx(25.0)
     assert len(frames) == VIDEO_FRAMES
     assert {f.shape for f in frames} == {(720, 1280, 3)}
 
@@ -110,10 +119,61 @@ def test_demo_video_and_csv_have_every_frame(demo_run):
                           re.M)) == VIDEO_FRAMES
 
 
+def test_demo_cameras_phase_feeds_three_cameras_into_one_node(demo_run):
+    result, out = demo_run
+    assert "demo: node restarted with cameras ['front', 'left', 'right']" in result.stdout
+    summary = result.stdout.split("\nsummary\n", 1)[1]
+    for camera in CAMERAS:  # lockstep per camera: every frame of every camera, none dropped
+        assert re.search(
+            rf"cameras/{camera}\s+published {VIDEO_FRAMES}, received by the node {VIDEO_FRAMES}, "
+            rf"processed {VIDEO_FRAMES}, dropped 0, outputs received {VIDEO_FRAMES} "
+            rf"\({VIDEO_FRAMES} complete\); latency stamp->outputs p50 \d+", summary), summary
+        assert re.search(rf"player: {camera}: published {VIDEO_FRAMES} frames on /{camera}/image",
+                         result.stdout)
+    # one overlay video per camera, at its source's rate: the video's, the stills' 10 Hz
+    written = {}
+    for camera in CAMERAS:
+        frames, fps = _frames(out / "cameras" / f"{camera}.mp4")
+        assert len(frames) == VIDEO_FRAMES and {f.shape for f in frames} == {(720, 1280, 3)}
+        written[camera] = (frames, fps)
+    assert [fps for _, fps in written.values()] == pytest.approx([25.0, 10.0, 10.0])
+    # left and right play the same stills: the same overlays; front plays the video
+    left, right, front = (written[c][0] for c in ("left", "right", "front"))
+    assert np.abs(left[0].astype(int) - right[0]).mean() < 2.0
+    assert np.abs(left[0].astype(int) - front[0]).mean() > 10.0
+    assert (out / "node-cameras.log").exists()
+
+
+def test_demo_only_cameras_starts_the_node_with_its_cameras(tmp_path):
+    env = graph_env(random.randint(1, 101))
+    result = _demo(env, "--out", str(tmp_path), "--only", "cameras", "--max-frames", "2",
+                   "--device", "cpu", timeout=180)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert "input /front/image, /left/image, /right/image" in result.stdout
+    assert "restarted" not in result.stdout and "phase 1" not in result.stdout
+    summary = result.stdout.split("\nsummary\n", 1)[1]
+    assert len(re.findall(r"cameras/\w+\s+published 2, received by the node 2, processed 2, "
+                          r"dropped 0, outputs received 2 \(2 complete\)", summary)) == 3
+    assert sorted(p.name for p in (tmp_path / "cameras").iterdir()) == [
+        "front.mp4", "left.mp4", "right.mp4"]
+
+
 def test_demo_reports_a_node_that_cannot_start(ros_env, tmp_path):
-    result = _demo(ros_env, "--out", str(tmp_path), "--model", str(tmp_path / "missing.pt"),
+    params = tmp_path / "bad.yaml"
+    params.write_text("segmentation:\n  ros__parameters:\n    overlay_alpha: 5.0\n")
+    result = _demo(ros_env, "--out", str(tmp_path / "out"), "--params-file", str(params),
                    "--only", "stills", timeout=120)
     assert result.returncode == 1
     assert "seg-perception demo: error: the node failed to start" in result.stderr
-    assert "missing.pt" in result.stderr  # the node's own error line, from its log
+    # the node's own error line, from its log
+    assert "parameter 'overlay_alpha': 5.0 is outside [0, 1]" in result.stderr
     assert "phase 1" not in result.stdout
+
+
+def test_demo_refuses_a_missing_model_file_before_starting_anything(ros_env, tmp_path):
+    result = _demo(ros_env, "--out", str(tmp_path), "--model", str(tmp_path / "missing.pt"),
+                   "--only", "stills", timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"seg-perception demo: error: model file not found: {tmp_path / 'missing.pt'}")
+    assert "starting the node" not in result.stdout

@@ -15,18 +15,20 @@ import numpy as np
 import pytest
 import rosbags.image
 
-from seg_perception.core import image_codec
+from seg_perception.core import compressed_codec, image_codec
+from seg_perception.core.compressed_codec import (
+    decode_compressed,
+    decode_compressed_msg,
+    encode_compressed,
+)
 from seg_perception.core.image_codec import (
     SUPPORTED_ENCODINGS,
     DecodedImage,
     ImageConversionError,
     ImageFormatError,
     ImageMessageWriter,
-    decode_compressed,
-    decode_compressed_msg,
     decode_image,
     decode_image_msg,
-    encode_compressed,
     encode_image,
 )
 
@@ -794,7 +796,7 @@ def test_decoded_bit_depth_is_checked_not_only_headers(monkeypatch):
     def imdecode_16bit(buf, flags):  # e.g. a 12-bit JPEG, which OpenCV decodes to uint16
         return real_imdecode(buf, flags).astype(np.uint16) * 257
 
-    monkeypatch.setattr(image_codec.cv2, "imdecode", imdecode_16bit)
+    monkeypatch.setattr(compressed_codec.cv2, "imdecode", imdecode_16bit)
     with pytest.raises(ImageFormatError, match="uint16"):
         decode_compressed("rgb8; jpeg compressed bgr8", jpeg)
 
@@ -850,7 +852,7 @@ def test_compressed_max_pixels_checked_from_header_before_decoding():
         decode_compressed("png", bomb, max_pixels=1_000_000)
 
     _, jpeg = encode_compressed(smooth_rgb(48, 64), "jpeg")
-    assert image_codec._jpeg_size(memoryview(jpeg)) == (48, 64)
+    assert compressed_codec._jpeg_size(memoryview(jpeg)) == (48, 64)
     with pytest.raises(ImageConversionError, match=r"64x48.*max_pixels=1000"):
         decode_compressed("jpeg", jpeg, max_pixels=1000)
     assert decode_compressed("jpeg", jpeg, max_pixels=48 * 64).pixels.shape == (48, 64, 3)

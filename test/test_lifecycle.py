@@ -20,9 +20,7 @@ from seg_perception.tools.rosgraph import ChildProcess
 
 pytestmark = pytest.mark.slow
 
-LIFECYCLE_NODE = [sys.executable, "-c",
-                  "import sys; from seg_perception.node import lifecycle_main; "
-                  "sys.exit(lifecycle_main())"]
+LIFECYCLE_NODE = [sys.executable, "-m", "seg_perception.node", "--managed"]
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +35,19 @@ def start_managed(env: dict[str, str], workdir: Path, namespace: str, *ros_args:
     return RunningNode(process, namespace)
 
 
-def state_of(probe, node: RunningNode, timeout: float = 30.0) -> str:
+def state_of(probe, node: RunningNode, tries: int = 6) -> str:
+    """The node's lifecycle state. Asked again if no answer comes: right after a restart a
+    request can go to the old process's service, whose leaving is still being discovered."""
     from lifecycle_msgs.srv import GetState
 
-    return probe.call(GetState, f"{node.fqn}/get_state", GetState.Request(),
-                      timeout).current_state.label
+    for attempt in range(tries):
+        try:
+            return probe.call(GetState, f"{node.fqn}/get_state", GetState.Request(),
+                              5.0).current_state.label
+        except TimeoutError:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def change(probe, node: RunningNode, transition: int, timeout: float = 120.0) -> bool:
@@ -88,15 +94,16 @@ def test_transitions_in_order_with_no_output_while_inactive(env, workdir, probe,
         active_rss = node.process.rss()
         goes_to(probe, node, Transition.TRANSITION_DEACTIVATE, "inactive")
         assert outputs_while(probe, env, workdir, node, frame, "paused") == 0
+        pid = node.process.pid
         goes_to(probe, node, Transition.TRANSITION_CLEANUP, "unconfigured")
-        time.sleep(1.0)
+        # The process starts afresh in place (same pid): wait for the new node's answer.
+        probe.wait_for(lambda: node.log().count("Fast DDS profile: ") >= 2, 60.0,
+                       "the restarted process")
+        assert state_of(probe, node) == "unconfigured" and node.process.pid == pid
         cleaned_rss = node.process.rss()
         print(f"RSS unconfigured {unconfigured_rss / 2**20:.0f} MB, active "
               f"{active_rss / 2**20:.0f} MB, after cleanup {cleaned_rss / 2**20:.0f} MB")
-        # What configure and activate took (model, warm-up, buffers) mostly goes back; torch's
-        # own libraries stay loaded in the process.
-        taken = active_rss - unconfigured_rss
-        assert cleaned_rss - unconfigured_rss <= 0.3 * taken, "cleanup must free the model"
+        assert cleaned_rss <= 0.5 * active_rss, "cleanup must give the model's memory back"
 
         assert change(probe, node, Transition.TRANSITION_CONFIGURE)  # again, from scratch
         assert change(probe, node, Transition.TRANSITION_ACTIVATE)

@@ -32,8 +32,8 @@ from ros_helpers import (
 from ros_helpers import publish as publish_to
 
 from seg_perception import topics
+from seg_perception.core.compressed_codec import encode_compressed
 from seg_perception.core.corridor import Corridor
-from seg_perception.core.image_codec import encode_compressed
 from seg_perception.core.labels import CAMVID, CITYSCAPES
 from seg_perception.core.vehicle_ahead import corridor_coverage, resolve_vehicle_class_ids
 from seg_perception.tools.rosgraph import TopicRecorder, node_command

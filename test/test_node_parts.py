@@ -130,11 +130,14 @@ def test_bad_values_are_rejected_with_a_reason(name, value, reason):
 def test_unavailable_cuda_is_rejected_only_without_fallback():
     import torch
 
+    from seg_perception.node.model_manager import check_device
+
     if torch.cuda.is_available():
         pytest.skip("needs a machine without CUDA")
-    assert settings_from({"device": "cuda"}).device == "cuda"
+    assert settings_from({"device": "cuda"}).device == "cuda"  # the form is fine
+    check_device(settings_from({"device": "cuda"}))  # falls back to the CPU
     with pytest.raises(ParameterError, match="fallback is off"):
-        settings_from({"device": "cuda", "device_fallback": False})
+        check_device(settings_from({"device": "cuda", "device_fallback": False}))
 
 
 def test_changes_are_validated_and_keep_other_values():

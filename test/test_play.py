@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,9 @@ import numpy as np
 import pytest
 
 from seg_perception.core.image_codec import decode_image_msg
+from seg_perception.errors import UsageError
 from seg_perception.fastdds import PROFILE_ENV, find_fastdds_profile, use_fastdds_profile
+from seg_perception.tools.play import camera_sources
 from seg_perception.tools.rosgraph import TopicRecorder, ros_env, stamp_ns
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,3 +214,95 @@ def test_help_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, cwd=REPO)
     assert out.stdout.strip().splitlines()[-1] == "False False", out.stderr
+
+
+# --- several cameras from one player ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_several_sources_publish_one_camera_each_at_their_own_pace(ros_env, probe, shared):
+    from sensor_msgs.msg import Image
+
+    for camera in ("front", "left"):
+        probe.record(f"/{camera}/image", Image)
+    data = shared / "data" / "dashcam"
+    result = subprocess.run(
+        _play_command(f"front={data / 'highway_720p.mp4'}", f"left={data / 'stills'}",
+                      "--count", "6", "--resize", "320x180", "--print-frames",
+                      "--wait-subscribers", "1", "--wait-timeout", "30"),
+        env=_player_env(ros_env), cwd=REPO, capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stderr
+    front = probe.wait_count("/front/image", 6, timeout=10)
+    left = probe.wait_count("/left/image", 6, timeout=10)
+    assert len(front) == len(left) == 6
+    # each camera's frame_id is its name; one node publishes both
+    assert {m.header.frame_id for m in front} == {"front"}
+    assert {m.header.frame_id for m in left} == {"left"}
+    assert {(m.width, m.height) for m in front + left} == {(320, 180)}
+    # Each at its own source's pacing: never faster than its schedule (stills 10 Hz: 6 frames
+    # take at least 0.5 s; the video's 25 Hz would take 0.2 s), however busy the machine.
+    left_span = (stamp_ns(left[-1].header.stamp) - stamp_ns(left[0].header.stamp)) / 1e9
+    assert left_span >= 0.45
+    lines = result.stdout.splitlines()
+    assert "front: published 6 frames on /front/image (320x180 rgb8, reliable)" in result.stdout
+    assert "left: published 6 frames on /left/image (320x180 rgb8, reliable)" in result.stdout
+    left_frames = [line.split() for line in lines if line.startswith("left: frame ")]
+    assert [words[5] for words in left_frames] == [f"test{i}.jpg" for i in range(1, 7)]
+    assert [int(words[4].replace(".", "")) for words in left_frames] == [
+        stamp_ns(m.header.stamp) for m in left]
+    assert len([line for line in lines if line.startswith("front: frame ")]) == 6
+
+
+@pytest.mark.slow
+def test_lockstep_waits_per_camera_for_its_own_outputs(ros_env, probe, shared):
+    """The test process echoes every camera's frames on its own echo topic, except the
+    second frame of 'rear': only that camera waits in vain."""
+    from sensor_msgs.msg import Image
+
+    seen: dict[str, int] = {"front": 0, "rear": 0}
+    for camera in seen:
+        echo = probe.node.create_publisher(Image, f"/{camera}/echo", 10)
+
+        def on_image(msg: Image, camera: str = camera, echo=echo) -> None:
+            seen[camera] += 1
+            if (camera, seen[camera]) != ("rear", 2):
+                echo.publish(Image(header=msg.header))
+
+        probe.node.create_subscription(Image, f"/{camera}/image", on_image, 10)
+    stills = shared / "data" / "dashcam" / "stills"
+    result = _run_player(ros_env, f"front={stills}", f"rear={stills}", "--count", "3",
+                         "--rate", "50", "--resize", "320x180", "--lockstep", "echo",
+                         "--lockstep-timeout", "2")
+    assert result.returncode == 0, result.stderr
+    assert seen == {"front": 3, "rear": 3}
+    assert "front: published 3 frames on /front/image" in result.stdout
+    assert re.search(r"^front: .*: 3/3 outputs came back$", result.stdout, re.M)
+    assert re.search(r"^rear: .*: 2/3 outputs came back$", result.stdout, re.M)
+    assert "camera rear: no output for frame 1" in result.stderr
+    assert "camera front" not in result.stderr
+
+
+def test_sources_are_one_plain_source_or_named_cameras(tmp_path):
+    odd = tmp_path / "a=b.mp4"  # an existing path is never NAME=SOURCE
+    odd.touch()
+    assert camera_sources([str(odd)]) == [("", str(odd))]
+    assert camera_sources(["video.mp4"]) == [("", "video.mp4")]
+    assert camera_sources(["front=video.mp4"]) == [("front", "video.mp4")]
+    assert camera_sources(["front=a.mp4", "left=stills/", "rear_2=bag/"]) == [
+        ("front", "a.mp4"), ("left", "stills/"), ("rear_2", "bag/")]
+    with pytest.raises(UsageError, match="a camera name each"):
+        camera_sources(["front=a.mp4", "stills/"])
+    with pytest.raises(UsageError, match="a camera name each"):
+        camera_sources(["front=a.mp4", "2nd=b.mp4"])
+    with pytest.raises(UsageError, match="unique, got front, front"):
+        camera_sources(["front=a.mp4", "front=b.mp4"])
+
+
+def test_a_missing_camera_source_is_a_one_line_error(ros_env):
+    result = subprocess.run(_play_command("front=/nonexistent/clip.mp4", "left=/nonexistent/"),
+                            env=_player_env(ros_env), cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "seg-perception play: error: no such file or folder: /nonexistent/clip.mp4"
+    ]

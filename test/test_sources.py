@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from seg_perception.core.image_codec import encode_compressed, encode_image
+from seg_perception.core.compressed_codec import encode_compressed
+from seg_perception.core.image_codec import encode_image
 from seg_perception.sources import (
     BagSource,
     ImageFolderSource,

@@ -94,7 +94,7 @@ def test_writes_a_model_every_tool_loads(trained, camvid):
     label_map = np.asarray(label_map)
     assert label_map.shape == (360, 480) and label_map.max() < 12
     run_dir = trained.parent / "camvid-ft_training"
-    assert sorted(p.name for p in trained.parent.rglob("*.part")) == []
+    assert sorted(p.name for p in trained.parent.rglob(".*")) == []  # no temporary files
     assert {LAST, BEST, "log.csv", "curves.png", "summary.json"} <= {
         p.name for p in run_dir.iterdir()}
     assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -254,7 +254,7 @@ def test_output_must_not_be_an_input(small_set, tmp_path, capsys):
                  "--out", str(victim), "--no-progress") == 2
     err = capsys.readouterr().err.splitlines()
     assert err == [f"seg-perception train: error: --out {victim} is one of the input files: "
-                   "choose a new file"]
+                   "an input is never overwritten, choose another path"]
     assert victim.read_bytes() == before
     assert sorted(p.name for p in labels.iterdir() if not p.name.endswith(".png")) == []
 

@@ -22,12 +22,14 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from seg_perception.errors import SegPerceptionError
+
+if TYPE_CHECKING:  # torch is loaded only for device masks: the geometry checks need none
+    import torch
 
 __all__ = ["DEFAULT_CORRIDOR", "Corridor", "CorridorError", "corridor_mask_info"]
 
@@ -230,7 +232,7 @@ class Corridor:
     def mask(self, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """Bool HxW tensor on `device`. Cached and shared between callers: do not modify it."""
         return corridor_mask_info(self.vertices, _check_size("height", height),
-                          _check_size("width", width), str(torch.device(device))).mask
+                                  _check_size("width", width), str(device)).mask
 
     def pixel_count(self, height: int, width: int) -> int:
         """Number of corridor pixels at this resolution (0 for a corridor thinner than a pixel)."""
@@ -318,6 +320,8 @@ def corridor_mask_info(
 ) -> _MaskInfo:
     mask_np = _mask_numpy(vertices, height, width)
     count = int(np.count_nonzero(mask_np))
+    import torch
+
     mask = torch.from_numpy(mask_np.copy()).to(device)
     if count:
         row_idx = np.flatnonzero(mask_np.any(axis=1))

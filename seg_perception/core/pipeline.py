@@ -53,17 +53,23 @@ def _check_job(job: FrameJob) -> None:
     check_frame(job.pixels)
 
 
+# The libraries' own thread counts, read before anything changes them: num_threads 0 means
+# these (set back whenever a count was chosen earlier).
+_DEFAULT_THREADS = (torch.get_num_threads(), cv2.getNumThreads())
+
+
 def configure_threads(num_threads: int) -> int:
-    """Use ``num_threads`` CPU threads for torch and OpenCV (0: leave both as they are).
+    """Use ``num_threads`` CPU threads for torch and OpenCV (0: the libraries' defaults).
 
     Both libraries run parts of the CPU pipeline; giving them the same count keeps them from
-    oversubscribing the cores. Returns torch's thread count afterwards.
+    oversubscribing the cores. torch's setting belongs to the calling thread's OpenMP team:
+    call it in the thread that infers. Returns torch's thread count afterwards.
     """
     if num_threads < 0:
         raise ValueError(f"num_threads must be >= 0, not {num_threads}")
-    if num_threads:
-        torch.set_num_threads(num_threads)
-        cv2.setNumThreads(num_threads)
+    torch_threads, cv_threads = (num_threads, num_threads) if num_threads else _DEFAULT_THREADS
+    torch.set_num_threads(torch_threads)
+    cv2.setNumThreads(cv_threads)
     return torch.get_num_threads()
 
 

@@ -163,6 +163,11 @@ class Evaluator:
 
     def result(self, model: str, seconds: float = 0.0,
                input_size: tuple[int, int] | None = None) -> EvaluationResult:
+        """The metrics so far; frames without a single labelled pixel are a
+        :class:`DatasetError` (every segmentation figure would be undefined), not a NaN."""
+        if self.frames and not self.confusion.pixels:
+            raise DatasetError(f"no labelled pixel in the {len(self.frames)} label image(s): "
+                               f"every id is void or outside {self.dataset.name}'s classes")
         return EvaluationResult(model, self.dataset, self.mapping, self.config,
                                 self.vehicle_class_names, self.confusion, list(self.frames),
                                 seconds, input_size, self.calibration)

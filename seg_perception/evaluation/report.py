@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from seg_perception.checks import atomic_path, atomic_write
 from seg_perception.core.vehicle_ahead import GROUND_TRUTH_MIN_COVERAGE, Corridor
 from seg_perception.evaluation.dataset import read_image
 from seg_perception.evaluation.evaluate import EvaluationResult
@@ -26,6 +27,7 @@ from seg_perception.evaluation.metrics import (
 
 __all__ = [
     "FIGURE_NAMES",
+    "MARKDOWN_NAME",
     "ReportFrame",
     "calibration_summary",
     "contact_sheet",
@@ -35,11 +37,13 @@ __all__ = [
     "plot_iou",
     "plot_pr_curve",
     "plot_reliability",
+    "report_files",
     "worst_frames",
     "write_markdown",
     "write_report",
 ]
 
+MARKDOWN_NAME = "report.md"
 FIGURE_NAMES = {
     "confusion": "confusion_matrix.png",
     "iou": "per_class_iou.png",
@@ -52,6 +56,17 @@ FIGURE_NAMES = {
 _PRED_COLOUR = (0, 0, 255)  # BGR red: predicted vehicle pixels
 _TRUTH_COLOUR = (0, 255, 0)  # green outline: labelled vehicle pixels
 _CORRIDOR_COLOUR = (0, 255, 255)  # yellow outline: the corridor
+
+
+def _save_figure(fig, path: Path) -> None:
+    """Through a temporary file: a failed run never leaves half a PNG."""
+    with atomic_path(path, announce=False) as temporary:
+        fig.savefig(temporary, dpi=110)
+
+
+def report_files(out_dir: Path) -> list[Path]:
+    """The files :func:`write_report` writes into ``out_dir`` (eval.json is not one)."""
+    return [out_dir / MARKDOWN_NAME, *(out_dir / name for name in FIGURE_NAMES.values())]
 
 
 def _pyplot():
@@ -111,7 +126,7 @@ def plot_confusion(result: EvaluationResult, path: Path) -> Path:
     ax.set_title(f"{result.model} on {result.dataset.name}: confusion, % of each true class")
     fig.colorbar(image, ax=ax, fraction=0.04)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -138,7 +153,7 @@ def plot_iou(result: EvaluationResult, path: Path) -> Path:
                  f"per-class IoU")
     ax.tick_params(axis="x", rotation=40)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -190,7 +205,7 @@ def plot_pr_curve(result: EvaluationResult, path: Path) -> Path:
     right.set_title(f"TP {counts.tp}  FP {counts.fp}  FN {counts.fn}  TN {counts.tn}")
     fig.suptitle(f"{result.model} on {result.dataset.name} ({len(result.frames)} frames)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -226,7 +241,7 @@ def plot_coverage(result: EvaluationResult, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -277,7 +292,7 @@ def plot_reliability(result: EvaluationResult, path: Path) -> Path:
     bottom.set_ylabel("pixels")
     bottom.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -356,8 +371,9 @@ def contact_sheet(frames: Sequence[ReportFrame], corridor: Corridor, truth_ids: 
         cv2.putText(legend, "red: predicted vehicle   green: labelled vehicle   yellow: corridor",
                     (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
         sheet = np.vstack([legend, sheet])
-    if not cv2.imwrite(str(path), sheet):
-        raise OSError(f"cannot write {path}")
+    with atomic_path(path, announce=False) as temporary:
+        if not cv2.imwrite(str(temporary), sheet):
+            raise OSError(f"cannot write {path}")
     return path
 
 
@@ -430,7 +446,8 @@ def write_markdown(result: EvaluationResult, path: Path, figures: Mapping[str, P
                   "reliability": "Confidence calibration: reliability diagram"}
         for key, figure in figures.items():
             lines += [f"### {titles.get(key, key)}", "", f"![{key}]({Path(figure).name})", ""]
-    path.write_text("\n".join(lines))
+    with atomic_write(path, announce=False) as stream:
+        stream.write("\n".join(lines))
     return path
 
 
@@ -477,5 +494,5 @@ def write_report(result: EvaluationResult, out_dir: Path,
     figures["sheet"] = contact_sheet(sheet_frames, result.config.corridor,
                                      result.dataset.vehicle_ids, result.config.vehicle_ids,
                                      out_dir / FIGURE_NAMES["sheet"])
-    markdown = write_markdown(result, out_dir / "report.md", figures, worst)
+    markdown = write_markdown(result, out_dir / MARKDOWN_NAME, figures, worst)
     return {**figures, "markdown": markdown}

@@ -1,21 +1,28 @@
-"""Models: built-in registry, metadata, export to TorchScript, and loading."""
+"""Models: built-in registry, metadata, export to TorchScript, and loading.
 
-import warnings
+The package itself loads nothing heavy: ``from seg_perception.models import load_model``
+imports the loader (and torch) when it is asked for, so the node can name and check models
+before it loads torch.
+"""
 
-from seg_perception.models.loading import LoadedModel, ModelLoadError, load_model
-from seg_perception.models.metadata import ModelMetadata
-from seg_perception.models.registry import BUILTIN_MODELS, DEFAULT_MODEL
+from __future__ import annotations
 
-# torch 2.14 deprecates TorchScript, which is what this package exports and loads (users ask
-# for it): its FutureWarning on every torch.jit call would be noise in every user's log.
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
-warnings.filterwarnings("ignore", message=r"TorchScript", category=FutureWarning)
+import importlib
+from typing import Any
 
-__all__ = [
-    "BUILTIN_MODELS",
-    "DEFAULT_MODEL",
-    "LoadedModel",
-    "ModelLoadError",
-    "ModelMetadata",
-    "load_model",
-]
+_EXPORTS = {
+    "BUILTIN_MODELS": "registry",
+    "DEFAULT_MODEL": "registry",
+    "LoadedModel": "loading",
+    "ModelLoadError": "loading",
+    "ModelMetadata": "metadata",
+    "load_model": "loading",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -18,10 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from seg_perception.checks import atomic_path, check_output_file
 from seg_perception.errors import SegPerceptionError
+from seg_perception.models.loading import silence_torchscript_deprecation
 from seg_perception.models.metadata import EXTRA_FILE_NAME, ModelMetadata
 from seg_perception.models.registry import BUILTIN_MODELS, ModelSpec
 
+silence_torchscript_deprecation()
 log = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-3
@@ -65,6 +68,7 @@ def export_builtin(
     if name not in BUILTIN_MODELS:
         raise ExportError(f"unknown architecture '{name}': choose from {', '.join(BUILTIN_MODELS)}")
     spec: ModelSpec = BUILTIN_MODELS[name]
+    check_output_file(output, "export output")  # before building: seconds, or a download
     if weights_path is not None:
         model, metadata = spec.build_from_checkpoint(weights_path, class_names)
     else:
@@ -72,7 +76,7 @@ def export_builtin(
         if not pretrained:
             metadata = replace(metadata, source=metadata.source + " [random init: no weights]")
     if input_size is not None:
-        metadata = replace(metadata, input_size=tuple(input_size))
+        metadata = metadata.with_input_size(tuple(input_size))
     return export_module(model, metadata, output, half=half, check_image=check_image)
 
 
@@ -83,7 +87,13 @@ def export_module(
     half: bool = False,
     check_image: str | os.PathLike | None = None,
 ) -> ExportReport:
-    """Script an eager segmentation network, check parity, save it with its metadata."""
+    """Script an eager segmentation network, check parity, save it with its metadata.
+
+    ``output`` is checked first (not a folder, in a writable folder) and written through a
+    temporary file: a failure, or another process exporting to the same path, never leaves a
+    partial file. An existing file is replaced (one log line says so).
+    """
+    output = check_output_file(output, "export output")
     start = time.perf_counter()
     model = model.eval()
     probe = model(torch.zeros(1, 3, 64, 64))
@@ -110,11 +120,9 @@ def export_module(
         weights_dtype="float16" if half else "float32",
     )
     metadata = replace(metadata, extra=extra)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".part")
-    torch.jit.save(scripted, str(tmp), _extra_files={EXTRA_FILE_NAME: metadata.to_json()})
-    tmp.replace(output)  # atomic: a crash never leaves a half-written model behind
+    with atomic_path(output) as temporary:
+        torch.jit.save(scripted, str(temporary),
+                       _extra_files={EXTRA_FILE_NAME: metadata.to_json()})
     return ExportReport(output, metadata, diff, image_name, time.perf_counter() - start)
 
 

@@ -10,22 +10,37 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
+from seg_perception.checks import OutputPathError, check_output_dir
 from seg_perception.device import select_device
 from seg_perception.errors import SegPerceptionError
 from seg_perception.host_memory import keep_freed_memory
-from seg_perception.models.metadata import EXTRA_FILE_NAME, MetadataError, ModelMetadata
+from seg_perception.models.metadata import (
+    EXTRA_FILE_NAME,
+    PRECISIONS,
+    MetadataError,
+    ModelMetadata,
+    Precision,
+)
+
+
+def silence_torchscript_deprecation() -> None:
+    """torch 2.14 deprecates TorchScript, which this package exports and loads (users ask
+    for it): its FutureWarning on every torch.jit call would be noise in every user's log."""
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"TorchScript", category=FutureWarning)
+
+
+silence_torchscript_deprecation()
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 class ModelLoadError(SegPerceptionError, RuntimeError):
@@ -60,20 +75,13 @@ def cache_dir() -> Path:
     return Path(root) / "models"
 
 
-def resolve_model_path(model: str) -> Path:
-    """A path for ``model``: an existing file as given, or the cached export of a built-in."""
-    from seg_perception import __version__
+def check_model_name(model: str) -> Path | None:
+    """The file ``model`` names, or None for a built-in name; raise :class:`ModelLoadError`
+    if it is neither (a check that loads nothing, for the tools to fail fast)."""
     from seg_perception.models.registry import BUILTIN_MODELS
 
     if model in BUILTIN_MODELS:
-        path = cache_dir() / f"{model}-{__version__}.pt"
-        if not path.exists():
-            from seg_perception.models.export import export_builtin
-
-            log.info("exporting built-in model %s to %s (first use: 10-30 s; later starts "
-                     "load the file)", model, path)
-            export_builtin(model, path)
-        return path
+        return None
     path = Path(model).expanduser()
     if not path.exists():
         names = ", ".join(BUILTIN_MODELS)
@@ -83,21 +91,54 @@ def resolve_model_path(model: str) -> Path:
     return path
 
 
+def resolve_model_path(model: str) -> Path:
+    """A path for ``model``: an existing file as given, or the cached export of a built-in.
+
+    The cache folder is checked before exporting; the export is written to a temporary file
+    and renamed, so processes exporting the same built-in at once each leave a whole file.
+    """
+    from seg_perception import __version__
+
+    path = check_model_name(model)
+    if path is not None:
+        return path
+    path = cache_dir() / f"{model}-{__version__}.pt"
+    if not path.exists():
+        from seg_perception.models.export import export_builtin
+
+        try:
+            check_output_dir(path.parent, "the model cache (SEG_PERCEPTION_CACHE)")
+        except OutputPathError as exc:
+            raise ModelLoadError(f"{exc}: set SEG_PERCEPTION_CACHE to a writable folder") from None
+        log.info("exporting built-in model %s to %s (first use: 10-30 s; later starts "
+                 "load the file)", model, path)
+        export_builtin(model, path)
+    return path
+
+
+def is_torchscript_file(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with code and constants), as opposed
+    to a ``torch.save`` checkpoint (a zip of pickled tensors) or anything else."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
 def read_model_file(path: Path, map_location: torch.device | str = "cpu"):
     """Open a TorchScript file and its metadata (embedded, else ``<file>.json``)."""
     extra = {EXTRA_FILE_NAME: ""}
     try:
         module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
     except (RuntimeError, ValueError, zipfile.BadZipFile) as exc:
-        hint = ""
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                if not any(n.endswith("constants.pkl") for n in zf.namelist()):
-                    hint = (
-                        " (it looks like a torch.save checkpoint: export it with "
-                        "'seg-perception export <arch> --weights FILE')"
-                    )
+        export = "export it with 'seg-perception export <arch> --weights FILE'"
+        if not zipfile.is_zipfile(path):
+            raise ModelLoadError(f"{path} is not a TorchScript model (not even a zip archive; "
+                                 f"if it is a torch.save checkpoint, {export})") from None
+        hint = "" if is_torchscript_file(path) else (
+            f" (it looks like a torch.save checkpoint: {export})")
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = reason.split(". ")[0]  # torch appends paragraphs of advice
         raise ModelLoadError(f"{path} is not a TorchScript model{hint}: {reason}") from None
     text = extra[EXTRA_FILE_NAME]
     sidecar = path.with_name(path.name + ".json")
@@ -135,11 +176,14 @@ def load_model(
     target, reason = select_device(device, fallback=device_fallback)
     if reason.startswith("FALLBACK"):
         log.warning("device: %s", reason)
+    dtype, autocast = _resolve_precision(precision, target)  # before the (slow) load
     path = resolve_model_path(model)
     module, metadata = read_model_file(path, map_location=target)
     if input_size is not None:
-        metadata = _with_input_size(metadata, input_size)
-    dtype, autocast = _resolve_precision(precision, target)
+        try:
+            metadata = metadata.with_input_size(input_size)
+        except MetadataError as exc:
+            raise ModelLoadError(str(exc)) from None
     module = module.eval().to(target)
     module = module.to(memory_format=torch.channels_last)
     module = module.to(dtype)  # also upcasts fp16-exported weights for the CPU
@@ -149,17 +193,6 @@ def load_model(
     if warmup:
         _warm_up(loaded)
     return loaded
-
-
-def _with_input_size(metadata: ModelMetadata, size: tuple[int, int]) -> ModelMetadata:
-    width, height = size
-    step = metadata.size_multiple
-    if width < step or height < step or width % step or height % step:
-        raise ModelLoadError(
-            f"input size {width}x{height} does not suit {metadata.name}: "
-            f"both sides must be positive multiples of {step}"
-        )
-    return replace(metadata, input_size=(width, height))
 
 
 def _resolve_precision(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from seg_perception.errors import SegPerceptionError
@@ -18,6 +18,9 @@ METADATA_FORMAT = 1
 EXTRA_FILE_NAME = "seg_perception.json"
 
 ChannelOrder = Literal["rgb", "bgr"]
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+# auto: fp16 on CUDA, fp32 on the CPU; bf16: autocast on the CPU.
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
 
 
 class MetadataError(SegPerceptionError, ValueError):
@@ -90,6 +93,17 @@ class ModelMetadata:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def with_input_size(self, size: tuple[int, int]) -> ModelMetadata:
+        """This record fed at ``size`` (width, height): sides must suit ``size_multiple``."""
+        width, height = size
+        step = self.size_multiple
+        if width < step or height < step or width % step or height % step:
+            raise MetadataError(
+                f"input size {width}x{height} does not suit {self.name}: each side must be a "
+                f"positive multiple of {step}"
+            )
+        return replace(self, input_size=(width, height))
 
     def affine(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel (scale, bias) so that normalisation is one multiply-add on 0..255."""

@@ -2,6 +2,8 @@
 
 Each :class:`ModelSpec` says everything needed to build the eager network with its weights and
 to describe it (:class:`ModelMetadata`). Nothing else in the package repeats these facts.
+torch loads when a network is built, not with this module: the node names and checks models
+before it loads any.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from seg_perception.core.labels import CAMVID, CITYSCAPES, VOC, voc_palette
 from seg_perception.errors import SegPerceptionError
-from seg_perception.models.espnet import EspNet
 from seg_perception.models.metadata import ModelMetadata
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
@@ -43,6 +46,8 @@ class Weights:
 
     def load_state_dict(self) -> dict[str, torch.Tensor]:
         """Fetch through the torch hub cache (offline when ``TORCH_HOME`` holds the file)."""
+        import torch
+
         cached = Path(torch.hub.get_dir()) / "checkpoints" / self.file_name
         if cached.exists():
             self._verify(cached)
@@ -100,12 +105,7 @@ class ModelSpec:
         self, path: str | os.PathLike, class_names: Sequence[str] | None = None
     ) -> tuple[nn.Module, ModelMetadata]:
         """A user's own checkpoint of this architecture (plain state_dict, loaded safely)."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise WeightsError(f"{path} does not hold a state_dict")
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+        state = read_state_dict(path)
         num_classes = len(class_names) if class_names else self._classes_in(state)
         model = self.builder(False, num_classes)
         if any(k.startswith("aux_classifier.") for k in state) and not hasattr(
@@ -143,8 +143,38 @@ class ModelSpec:
         raise WeightsError("cannot tell the class count from the checkpoint: give --num-classes")
 
 
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A ``torch.save`` state_dict (tensors by name, ``module.`` prefixes dropped), loaded
+    without running pickled code; anything else is a :class:`WeightsError` that names it."""
+    import torch
+
+    from seg_perception.models.loading import is_torchscript_file
+
+    path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{path} is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise WeightsError(f"checkpoint not found: {path}")
+    if is_torchscript_file(path):
+        raise WeightsError(f"{path} is an exported model, not a checkpoint: give it as --model, "
+                           "or give the state_dict (.pth) it was made from")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - whatever the bytes are, they are not a checkpoint
+        raise WeightsError(f"{path} is not a PyTorch checkpoint (a state_dict of tensors saved "
+                           "with torch.save)") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise WeightsError(f"{path} does not hold a state_dict (tensors by parameter name)")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
 def _espnet_builder(weights: EspNetWeights, fuse: bool) -> Callable[[bool, int], nn.Module]:
     def build(pretrained: bool, num_classes: int) -> nn.Module:
+        from seg_perception.models.espnet import EspNet
+
         model = EspNet(num_classes, p=2, q=8, fuse_input_projection=fuse)
         if pretrained:
             model.load_state_dict(weights.value.load_state_dict(), strict=True)

@@ -1,12 +1,13 @@
 """The ROS 2 segmentation node (``segmentation_node``, ``segmentation_lifecycle_node``).
 
-Importing this package first sets up malloc for a process that infers frame after frame,
-before rclpy, numpy and OpenCV start threads (see :mod:`seg_perception.host_memory`).
+Importing this package first sets up malloc and OpenMP for a process that infers frame after
+frame on a shared computer, before rclpy, numpy, OpenCV and torch start threads (see
+:mod:`seg_perception.process_setup`).
 """
 
-from seg_perception.host_memory import keep_freed_memory
+from seg_perception.process_setup import prepare_process
 
-keep_freed_memory()
+prepare_process()
 
 
 def main(args: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ diagnostic_updater task (level, message, key/value figures).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,13 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
 from seg_perception.core.stats import FrameStats
 
-__all__ = ["Health", "assess_health", "camera_status", "unconfigured_status"]
+__all__ = [
+    "Health",
+    "assess_health",
+    "camera_status",
+    "camera_statuses",
+    "unconfigured_status",
+]
 
 STARVED_HINT = ("give the node cores of its own (taskset, cgroups), lower num_threads, or "
                 "use a smaller model or input size")
@@ -113,3 +120,30 @@ def unconfigured_status(name: str, problem: str) -> DiagnosticStatus:
         return DiagnosticStatus(level=DiagnosticStatus.ERROR, name=name,
                                 message=f"unconfigured: configure failed: {problem}")
     return DiagnosticStatus(level=DiagnosticStatus.OK, name=name, message="unconfigured")
+
+
+def camera_statuses(name: str, cameras: Iterable[Any], models: Any, starvation: Any,
+                    extra: dict[str, str]) -> list[DiagnosticStatus]:
+    """One status per camera (``name`` for the single default camera, ``name/<camera>``
+    otherwise): its health and figures, with the model's state and the CPU's."""
+    now = time.monotonic()
+    loaded = models.active.loaded
+    device_reason = loaded.device_reason
+    starved, forward = starvation.starved(), starvation.figures_ms()
+    statuses = []
+    for camera in cameras:
+        stalled, hint, values = camera.input_figures(now)
+        health = assess_health(
+            camera.stats, now, stalled_for=stalled, stall_hint=hint,
+            model_error=models.status if models.failed else "",
+            device_warning=device_reason if device_reason.startswith("FALLBACK") else "",
+            starved=starved)
+        values.update({
+            **extra,
+            "model_load": models.status,
+            "forward_ms_recent": f"{forward[0]:.1f}" if forward else "",
+            "forward_ms_best": f"{forward[1]:.1f}" if forward else "",
+        })
+        suffix = f"/{camera.name}" if camera.name else ""
+        statuses.append(camera_status(name + suffix, camera.stats, health, loaded, values))
+    return statuses

@@ -77,8 +77,25 @@ def run(args: list[str] | None, managed: bool) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break cleanup
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        restart = None
         if node is not None:
+            if node.restart_requested:
+                restart = node.parameter_arguments()
             node.stop()
             node.destroy_node()
         rclpy.try_shutdown()
+    if restart is not None:
+        _restart_unconfigured(args, restart)
     return 0
+
+
+def _restart_unconfigured(args: list[str] | None, parameters: list[str]) -> None:
+    """Replace this process with a fresh managed node (after a lifecycle cleanup): the same
+    ROS arguments (name, namespace, remappings, files), then the parameters as they are now."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if "--ros-args" not in argv:
+        argv.append("--ros-args")
+    command = [sys.executable, "-m", "seg_perception.node", "--managed", *argv, *parameters]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)

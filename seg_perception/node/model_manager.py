@@ -3,7 +3,9 @@ cleanup.
 
 A swap loads the new model in a loader thread while the old one keeps serving frames; the
 inference thread switches between two frames (:meth:`ModelManager.take_loaded`). A failed
-load leaves the old model running and says why in :attr:`ModelManager.status`.
+load leaves the old model running and says why in :attr:`ModelManager.status`. torch and the
+frame path are imported on the first load, not with this module: an unconfigured node does
+not carry them.
 """
 
 from __future__ import annotations
@@ -12,16 +14,25 @@ import gc
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from seg_perception.core.pipeline import SegmentationPipeline, configure_threads
 from seg_perception.host_memory import release_freed_memory
-from seg_perception.models.loading import LoadedModel, load_model
-from seg_perception.node.params import NodeSettings
+from seg_perception.models.registry import BUILTIN_MODELS
+from seg_perception.node.params import NodeSettings, ParameterError
 
-__all__ = ["ActiveModel", "ModelManager", "in_passing_thread"]
+if TYPE_CHECKING:
+    from seg_perception.core.pipeline import SegmentationPipeline
+    from seg_perception.models.loading import LoadedModel
+
+__all__ = [
+    "ActiveModel",
+    "ModelManager",
+    "check_device",
+    "check_model_source",
+    "in_passing_thread",
+    "set_threads",
+]
 
 
 @dataclass(frozen=True)
@@ -46,9 +57,43 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no message'}"
 
 
+def check_model_source(settings: NodeSettings) -> None:
+    """A missing model file is refused at once, naming the parameter that gave it (a corrupt
+    one fails later, in the loader)."""
+    source = settings.model_source
+    if source in BUILTIN_MODELS:
+        return
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise ParameterError("model_path" if settings.model_path else "model",
+                             f"model file not found: {path} (built-in names: "
+                             f"{', '.join(BUILTIN_MODELS)})")
+
+
+def check_device(settings: NodeSettings) -> None:
+    """The device exists on this machine, or falls back (ParameterError otherwise)."""
+    from seg_perception.device import DeviceError, select_device
+
+    try:
+        select_device(settings.device, fallback=settings.device_fallback)
+    except DeviceError as exc:
+        raise ParameterError("device", str(exc)) from None
+
+
+def set_threads(count: int) -> int:
+    """torch and OpenCV threads of the calling thread (0: the libraries' defaults); the count
+    in use."""
+    from seg_perception.core.pipeline import configure_threads
+
+    return configure_threads(count)
+
+
 def load_active_model(settings: NodeSettings) -> ActiveModel:
     """Load, place and warm up the model ``settings`` name (in the calling thread)."""
-    configure_threads(settings.num_threads)
+    from seg_perception.core.pipeline import SegmentationPipeline
+    from seg_perception.models.loading import load_model
+
+    set_threads(settings.num_threads)
     loaded = load_model(settings.model_source, device=settings.device,
                         precision=settings.precision, device_fallback=settings.device_fallback)
     return ActiveModel(loaded, SegmentationPipeline(loaded, cuda_graph=settings.cuda_graph))
@@ -133,6 +178,8 @@ class ModelManager:
         old, self.active = self.active, model
         self.status, self.failed = "", False
         if old is not None and old.loaded.device.type == "cuda":
+            import torch
+
             del old
             torch.cuda.empty_cache()
         return model
@@ -150,5 +197,7 @@ class ModelManager:
         self.active = self._loaded = None
         gc.collect()
         if cuda:
+            import torch
+
             torch.cuda.empty_cache()
         release_freed_memory()

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -28,23 +25,30 @@ from rclpy.parameter import Parameter
 from std_msgs.msg import Header
 
 from seg_perception import topics
-from seg_perception.core.frame import FrameInput, process_frames
 from seg_perception.core.geometry import CalibrationError, metric_corridor
-from seg_perception.core.image_codec import decode_compressed_msg, decode_image_msg
-from seg_perception.core.pipeline import configure_threads
-from seg_perception.core.stats import StageClock, StarvationMonitor
+from seg_perception.core.stats import StarvationMonitor
 from seg_perception.errors import SegPerceptionError
-from seg_perception.models.registry import BUILTIN_MODELS
-from seg_perception.node.camera import CameraStream, Frame
-from seg_perception.node.diagnostics import assess_health, camera_status, unconfigured_status
-from seg_perception.node.model_manager import ActiveModel, ModelManager, first_line
+from seg_perception.node.diagnostics import camera_statuses, unconfigured_status
+from seg_perception.node.model_manager import (
+    ActiveModel,
+    ModelManager,
+    check_device,
+    check_model_source,
+    first_line,
+    set_threads,
+)
 from seg_perception.node.parameters import (
     declare_parameters,
+    parameter_text,
     parameter_values_of,
     show_class_names,
 )
 from seg_perception.node.params import PARAMETERS, NodeSettings, ParameterError, resolve_settings
 from seg_perception.node.worker import FrameMailbox, InferenceWorker
+
+if TYPE_CHECKING:
+    from seg_perception.node.camera import CameraStream, Frame
+    from seg_perception.node.processing import FrameProcessor
 
 __all__ = ["SegmentationNode"]
 
@@ -83,6 +87,7 @@ class SegmentationNode(LifecycleNode):
         super().__init__(topics.NODE_NAME, enable_communication_interface=managed, **kwargs)
         self.problem = ""
         self._managed = managed
+        self.restart_requested = False  # after cleanup: the process starts afresh
         self._log_handler = _RosLogHandler(self.get_logger())
         core_logger = logging.getLogger("seg_perception")
         self._core_propagate, self._core_level = core_logger.propagate, core_logger.level
@@ -91,10 +96,12 @@ class SegmentationNode(LifecycleNode):
         core_logger.setLevel(logging.INFO)  # e.g. "exporting built-in model ... (first use)"
         self._models = ModelManager(lambda text: self.get_logger().error(text))
         self._starvation = StarvationMonitor()
+        self._decision_lock = threading.Lock()  # model swap vs decision reconfiguration
+        self._processor: FrameProcessor | None = None  # made at configure
         self._cameras: dict[str, CameraStream] = {}
         self._worker: InferenceWorker | None = None
         self._threads_applied: int | None = None
-        self._decision_lock = threading.Lock()  # model swap vs decision reconfiguration
+        self._threads_in_use = 0  # torch threads of the inference thread (diagnostics)
         self._updating_class_names = False
         self._announce: ActiveModel | None = None
         self._watch_timer: Any = None
@@ -113,6 +120,12 @@ class SegmentationNode(LifecycleNode):
 
     def _parameter_values(self) -> dict[str, Any]:
         return parameter_values_of(self)
+
+    def parameter_arguments(self) -> list[str]:
+        """``-p name:=value`` for every parameter's current value: a restarted process starts
+        with what was set at run time."""
+        return [arg for name, value in self._parameter_values().items()
+                for arg in ("-p", f"{name}:={parameter_text(value)}")]
 
     def _resolve_or_none(self) -> None:
         """The settings from the current parameters, or None and the reason."""
@@ -147,10 +160,16 @@ class SegmentationNode(LifecycleNode):
                         metric_corridor(stream.state.camera, *wanted)
                     except CalibrationError as exc:
                         raise ParameterError("corridor_m", str(exc)) from None
-            if self._settings is not None and settings.changed(self._settings, "reload"):
-                self._check_model_source(settings.model_source)
+            old = self._settings
+            if model is not None and old is not None and (
+                    settings.device, settings.device_fallback) != (old.device,
+                                                                   old.device_fallback):
+                check_device(settings)  # torch is loaded: the machine's devices can be asked
+            if old is not None and settings.changed(old, "reload"):
+                check_model_source(settings)
                 if self._models.loading is not None:
-                    raise ParameterError(next(n for n in changes if PARAMETERS[n].reload),
+                    raise ParameterError(next(n for n in changes if n in PARAMETERS
+                                              and PARAMETERS[n].reload),
                                          f"a model load ({self._models.loading}) is in "
                                          "progress: try again when it is done")
         except ParameterError as exc:
@@ -183,16 +202,6 @@ class SegmentationNode(LifecycleNode):
         for camera in self._camera_settings.values():
             camera.vehicle_config(model.class_names)
 
-    @staticmethod
-    def _check_model_source(source: str) -> None:
-        """A missing file is rejected at once; a corrupt one fails later, in the loader."""
-        if source in BUILTIN_MODELS:
-            return
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise ParameterError("model", f"model file not found: {path} (built-in names: "
-                                 f"{', '.join(BUILTIN_MODELS)})")
-
     # --- lifecycle -------------------------------------------------------------------------
 
     def _fail(self, reason: str) -> TransitionCallbackReturn:
@@ -221,6 +230,13 @@ class SegmentationNode(LifecycleNode):
         self._threads_applied = None
         self._starvation.reset()
         self._show_class_names(model)
+        # The frame path loads with the model, not at start: an unconfigured node stays small.
+        from seg_perception.node.camera import CameraStream
+        from seg_perception.node.processing import FrameProcessor
+
+        self._processor = FrameProcessor(
+            self.get_logger(), self._decision_lock, self._starvation,
+            lambda: self._worker is None or self._worker.stopping or not self.context.ok())
         self._cameras = {name: CameraStream(self, name, own, model.class_names)
                          for name, own in self._camera_settings.items()}
         for camera in self._cameras.values():
@@ -255,9 +271,18 @@ class SegmentationNode(LifecycleNode):
         return _SUCCESS
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Free the model and the publishers."""
+        """Free the model and the publishers; then the process starts afresh, unconfigured.
+
+        A Python process cannot unload torch (about 500 MB) or end its CUDA context, so the
+        model's memory only really goes back with the process: once this transition's answer
+        is out, the process replaces itself (same pid, same name and parameters), as an
+        unconfigured node that has not loaded torch.
+        """
         self._release()
-        self.get_logger().info("unconfigured: model unloaded")
+        self.restart_requested = True
+        self.get_logger().info("unconfigured: model unloaded; restarting the process to give "
+                               "torch's memory back (same parameters, about a second)")
+        self._exit_timer = self.create_timer(0.3, self.context.try_shutdown)
         return _SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -304,7 +329,7 @@ class SegmentationNode(LifecycleNode):
         """In the inference thread: thread count, then a model that finished loading."""
         wanted = self._settings.num_threads
         if wanted != self._threads_applied:
-            configure_threads(wanted)
+            self._threads_in_use = set_threads(wanted)
             self._threads_applied = wanted
         model = self._models.take_loaded()
         if model is None:
@@ -321,69 +346,8 @@ class SegmentationNode(LifecycleNode):
                 camera.reconfigure(camera.settings, model.class_names)
         self._announce = model
 
-    def _decode(self, camera_name: str, frame: Frame) -> FrameInput | None:
-        """A received frame as a frame-path input; None if it is rejected (logged, counted)."""
-        camera = self._cameras.get(camera_name)
-        if camera is None:
-            return None
-        settings = self._settings
-        compressed = settings.input_transport == "compressed"
-        decode = decode_compressed_msg if compressed else decode_image_msg
-        try:
-            image = decode(frame.msg, max_pixels=settings.max_pixels)
-        except ValueError as exc:  # ImageFormatError, ImageConversionError
-            camera.stats.on_rejected(time.monotonic(), str(exc))
-            self.get_logger().warning(f"skipping a frame: {exc}",
-                                      throttle_duration_sec=_THROTTLE_S)
-            return None
-        changed = camera.input_format_changed(frame.msg, image.pixels.shape)
-        if changed:
-            self.get_logger().info(changed)
-        stamp = frame.msg.header.stamp
-        return FrameInput(image, camera.state, camera.outputs.request(camera.settings),
-                          stamp.sec + stamp.nanosec * 1e-9)
-
     def _process(self, taken: list[tuple[str, Frame]]) -> None:
-        """Frames of one or more cameras: decode, segment (one batch per network input size),
-        decide, publish."""
-        model = self._models.active
-        batches: dict[tuple[int, int], list[tuple[CameraStream, Frame, FrameInput]]] = {}
-        for name, frame in taken:
-            item = self._decode(name, frame)
-            if item is not None:
-                size = model.pipeline.network_size(*item.image.pixels.shape[:2])
-                batches.setdefault(size, []).append((self._cameras[name], frame, item))
-        for batch in batches.values():
-            self._process_batch(model, batch)
-
-    def _process_batch(self, model: ActiveModel,
-                       batch: list[tuple[CameraStream, Frame, FrameInput]]) -> None:
-        cameras = [camera for camera, _, _ in batch]
-        try:
-            clock = StageClock()
-            with self._decision_lock:
-                results = process_frames(model.pipeline, [item for _, _, item in batch], clock)
-            if model.loaded.device.type == "cpu":  # GPU stages are asynchronous: not timed
-                self._starvation.add(clock.seconds["forward"] / len(batch))
-            for (camera, frame, _), result in zip(batch, results, strict=True):
-                camera.outputs.publish(frame.msg.header, result)
-                camera.outputs.publish_label_info(model.class_names, frame.msg.header.frame_id)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            for camera in cameras:
-                self._record_failure(camera, f"CUDA out of memory on {model.loaded.device} "
-                                     "(frame dropped; try a smaller model, fp16 or a lower "
-                                     "input size)")
-            return
-        except Exception as exc:  # noqa: BLE001 - reported, the next frame may succeed
-            if self._worker is None or self._worker.stopping or not self.context.ok():
-                return
-            for camera in cameras:
-                self._record_failure(camera, f"inference failed: {first_line(exc)}")
-            return
-        now = time.monotonic()
-        for camera, frame, _ in batch:
-            camera.stats.on_processed(now, now - frame.received)
+        self._processor.process(taken, self._models.active, self._cameras, self._settings)
 
     def _batching(self) -> bool:
         """Several cameras' frames in one network call: on the GPU, where it is faster."""
@@ -391,13 +355,9 @@ class SegmentationNode(LifecycleNode):
         return bool(model and settings and settings.batch_cameras
                     and model.loaded.device.type == "cuda")
 
-    def _record_failure(self, camera: CameraStream, reason: str) -> None:
-        camera.failed(reason)
-        self.get_logger().error(reason, throttle_duration_sec=_THROTTLE_S)
-
     def _unexpected(self, exc: BaseException) -> None:
         for camera in self._cameras.values():
-            self._record_failure(camera, f"unexpected {first_line(exc)}")
+            self._processor.failed(camera, f"unexpected {first_line(exc)}")
 
     # --- calibration -----------------------------------------------------------------------
 
@@ -445,32 +405,11 @@ class SegmentationNode(LifecycleNode):
         self.get_logger().info(f"model swapped in: {model.loaded.describe()}")
 
     def _publish_diagnostics(self) -> None:
-        model = self._models.active
         name = f"{topics.NODE_NAME}: {self.get_fully_qualified_name()}"
-        if model is None or not self._cameras:  # unconfigured: say so, and why if it failed
-            self._diagnostics.publish(DiagnosticArray(
-                header=Header(stamp=self.get_clock().now().to_msg()),
-                status=[unconfigured_status(name, self.problem)]))
-            return
-        now = time.monotonic()
-        device_reason = model.loaded.device_reason
-        starved = self._starvation.starved()
-        forward = self._starvation.figures_ms()
-        statuses = []
-        for camera in self._cameras.values():
-            stalled, hint, values = camera.input_figures(now)
-            health = assess_health(
-                camera.stats, now, stalled_for=stalled, stall_hint=hint,
-                model_error=self._models.status if self._models.failed else "",
-                device_warning=device_reason if device_reason.startswith("FALLBACK") else "",
-                starved=starved)
-            values.update({
-                "model_load": self._models.status,
-                "forward_ms_recent": f"{forward[0]:.1f}" if forward else "",
-                "forward_ms_best": f"{forward[1]:.1f}" if forward else "",
-            })
-            suffix = f"/{camera.name}" if camera.name else ""
-            statuses.append(camera_status(name + suffix, camera.stats, health, model.loaded,
-                                          values))
+        if self._models.active is None or not self._cameras:  # unconfigured, and why
+            statuses = [unconfigured_status(name, self.problem)]
+        else:
+            statuses = camera_statuses(name, self._cameras.values(), self._models,
+                                       self._starvation, {"threads": str(self._threads_in_use)})
         self._diagnostics.publish(DiagnosticArray(
             header=Header(stamp=self.get_clock().now().to_msg()), status=statuses))

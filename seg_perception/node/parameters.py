@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import yaml
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.parameter import Parameter
 
@@ -23,7 +24,7 @@ from seg_perception.node.params import (
     split_camera_parameter,
 )
 
-__all__ = ["declare_parameters", "parameter_values_of", "show_class_names"]
+__all__ = ["declare_parameters", "parameter_text", "parameter_values_of", "show_class_names"]
 
 _ROS_OWN = ("use_sim_time", "class_names")
 
@@ -69,6 +70,12 @@ def _override_problem(full_name: str, name: str, override: Any, exc: Exception) 
         except ParameterError as problem:
             return f"parameter '{full_name}': {problem.reason}"
     return f"parameter '{full_name}': " + " ".join(str(exc).split())
+
+
+def parameter_text(value: Any) -> str:
+    """A parameter value as ``--ros-args -p name:=VALUE`` reads it (YAML, one line)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=2**20).strip()
+    return text.removesuffix("...").strip()  # YAML's document end after a plain scalar
 
 
 def parameter_values_of(node: Any) -> dict[str, Any]:

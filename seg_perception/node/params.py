@@ -18,16 +18,16 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 from seg_perception.core.corridor import DEFAULT_CORRIDOR, Corridor
-from seg_perception.core.vehicle_ahead import (
+from seg_perception.core.vehicle_config import (
     DEFAULT_MIN_COVERAGE,
     FRACTION_RANGE,
     FRAMES_RANGE,
     VehicleAheadConfig,
     resolve_vehicle_class_ids,
 )
-from seg_perception.device import DeviceError, select_device
+from seg_perception.device import DeviceError, check_device_spec
 from seg_perception.errors import SegPerceptionError
-from seg_perception.models.loading import PRECISIONS
+from seg_perception.models.metadata import PRECISIONS
 from seg_perception.models.registry import DEFAULT_MODEL
 
 __all__ = [
@@ -362,9 +362,10 @@ def _check(name: str, value: Any) -> Any:
 def settings_from(values: Mapping[str, Any], base: NodeSettings | None = None) -> NodeSettings:
     """``base`` (default: the defaults) with ``values`` applied, every value validated.
 
-    Raises :class:`ParameterError` naming the first bad parameter and why. Besides each
-    value's own checks, the device must exist (or fall back, with ``device_fallback``).
-    Vehicle class names are checked against a model by :meth:`NodeSettings.vehicle_config`.
+    Raises :class:`ParameterError` naming the first bad parameter and why. The device is
+    checked for its form here; whether the machine has it, once torch is loaded (the node's
+    configure and run-time checks). Vehicle class names are checked against a model by
+    :meth:`NodeSettings.vehicle_config`.
     """
     changes = {}
     for name, value in values.items():
@@ -376,7 +377,7 @@ def settings_from(values: Mapping[str, Any], base: NodeSettings | None = None) -
             raise ParameterError(name, str(exc)) from None
     settings = replace(base or NodeSettings(), **changes)
     try:
-        select_device(settings.device, fallback=settings.device_fallback)
+        check_device_spec(settings.device)
     except DeviceError as exc:
         raise ParameterError("device", str(exc)) from None
     return settings

@@ -18,20 +18,29 @@ import csv
 import os
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 
 from seg_perception import topics
+from seg_perception.checks import check_input_file, check_output_dir, number_type
 from seg_perception.errors import UsageError
+from seg_perception.models.loading import check_model_name
 from seg_perception.models.registry import DEFAULT_MODEL
 from seg_perception.shared_data import dashcam_video, shared_path
 from seg_perception.sources import open_source
-from seg_perception.tools.demo_outputs import NODE, Collector, Output, PlayerOutput
+from seg_perception.tools.demo_outputs import (
+    NODE,
+    Collector,
+    Output,
+    PhaseResult,
+    PlayerOutput,
+    fmt,
+    fmt_bool,
+    print_summary,
+)
 from seg_perception.tools.rosgraph import ChildProcess, RosNode, node_command, ros_env
 
 HELP = "the main job: the node and a player over DDS on the dash-cam stills and video"
@@ -39,6 +48,7 @@ EPILOG = """examples:
   seg-perception demo                               # default model and data, into out/demo
   seg-perception demo --model espnet-camvid --device cpu --out /tmp/demo
   seg-perception demo --only video --video drive.mp4 --max-frames 50
+  seg-perception demo --only cameras                # three cameras into one node
   seg-perception demo --rate 3                      # a camera's fixed rate instead of lockstep
 
 pacing: by default the player sends a frame only once the node's output for the previous
@@ -52,8 +62,12 @@ phase 1 (stills): one overlay PNG per still in OUT/stills/, one line per still; 
 vehicle_ahead hysteresis (frames_on/frames_off) is set to 1 for this phase, because stills
 are unrelated pictures, and restored for the video.
 phase 2 (video): OUT/overlay.mp4 (the video's fps) and OUT/vehicle_ahead.csv
-(frame, stamp, vehicle_ahead, coverage, latency_ms), one line per frame as results arrive;
-then the summary. Logs of the child processes: OUT/node.log, OUT/player-*.log.
+(frame, stamp, vehicle_ahead, coverage, latency_ms), one line per frame as results arrive.
+phase 3 (cameras): the node restarted with cameras [front, left, right]; one player plays
+the video on front and the stills (looping) on left and right at once, each camera in
+lockstep with its own label maps, 24 frames each (fewer with --max-frames); one overlay video
+per camera, OUT/cameras/<name>.mp4. Then the summary, a line per phase and camera. Logs of
+the child processes: OUT/node*.log, OUT/player-*.log.
 
 ROS: own random ROS_DOMAIN_ID unless set, ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST unless
 set, and the package's Fast DDS profile for every process unless
@@ -68,27 +82,11 @@ class DemoError(RuntimeError):
     """The demo cannot go on (the node did not start, died, or produced nothing)."""
 
 
+CAMERAS = ("front", "left", "right")  # phase 3: the video on front, the stills beside it
+CAMERA_FRAMES = 24  # phase 3: frames per camera (about 1 s of the video)
+
+
 # --- the phases -----------------------------------------------------------------------------
-
-
-@dataclass
-class PhaseResult:
-    """Figures of one phase for the summary."""
-
-    name: str
-    published: int = 0
-    outputs: int = 0
-    complete: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-    node_before: dict[str, str] = field(default_factory=dict)
-    node_after: dict[str, str] = field(default_factory=dict)
-    player_summary: str = ""
-
-    def node_delta(self, key: str) -> str:
-        try:
-            return str(int(float(self.node_after[key]) - float(self.node_before.get(key, 0))))
-        except (KeyError, ValueError):
-            return "?"
 
 
 class Demo:
@@ -102,12 +100,16 @@ class Demo:
         self.players: list[ChildProcess] = []
         self.node_log = self.out / "node.log"
         self.ros: RosNode | None = None
-        self.collector: Collector | None = None
+        self.collector: Collector | None = None  # the node's own topic names
+        self.collectors: dict[str, Collector] = {}  # by camera, in phase 3
+        self.cameras: Sequence[str] = ("",)  # those of the running node
         self.ready = False
 
     # --- the node process -------------------------------------------------------------------
 
-    def start_node(self) -> None:
+    def start_node(self, cameras: Sequence[str] = ("",)) -> None:
+        """The node, with ``cameras`` (("",): one at the node's own topic names)."""
+        self.cameras = cameras
         ros_args = []
         if self.args.params_file:
             ros_args += ["--params-file", str(self.args.params_file)]
@@ -115,7 +117,18 @@ class Demo:
             ros_args += ["-p", f"model:={self.args.model or DEFAULT_MODEL}"]
         if self.args.device:
             ros_args += ["-p", f"device:={self.args.device}"]
+        if cameras != ("",):
+            ros_args += ["-p", f"cameras:=[{','.join(cameras)}]"]
+            self.node_log = self.out / "node-cameras.log"
         self.node = ChildProcess(node_command(*ros_args), self.node_log, self.env)
+
+    def restart_node(self, cameras: Sequence[str]) -> float:
+        """Stop the node and start it with ``cameras``; seconds until it is ready."""
+        if self.node is not None:
+            self.node.stop(STOP_TIMEOUT_S)
+        self.ready = False
+        self.start_node(cameras)
+        return self.wait_until_ready()
 
     def node_tail(self, lines: int = 25) -> str:
         tail = self.node.log_text().rstrip().splitlines()[-lines:] if self.node else []
@@ -149,12 +162,17 @@ class Demo:
         start = time.monotonic()
         graph = self.ros.node
 
-        def ready() -> bool:
-            self.check_node()
-            publishers = graph.get_publishers_info_by_topic("/" + topics.VEHICLE_AHEAD)
-            subscribers = graph.get_subscriptions_info_by_topic("/" + topics.IMAGE)
+        def serves(camera: str) -> bool:
+            publishers = graph.get_publishers_info_by_topic(
+                "/" + topics.camera_topic(camera, topics.VEHICLE_AHEAD))
+            subscribers = graph.get_subscriptions_info_by_topic(
+                "/" + topics.camera_topic(camera, topics.IMAGE))
             return (any(p.node_name == topics.NODE_NAME for p in publishers)
                     and any(s.node_name == topics.NODE_NAME for s in subscribers))
+
+        def ready() -> bool:
+            self.check_node()
+            return all(serves(camera) for camera in self.cameras)
 
         try:
             self.ros.wait_for(ready, self.args.startup_timeout, "the node")
@@ -165,9 +183,15 @@ class Demo:
             ) from None
         self.ready = True
         [names] = self.ros.get_parameters(NODE, ["class_names"])  # the running model's
-        self.collector.car_id = next(
-            (i for i, name in enumerate(names) if name.lower() == "car"), None)
-        self.collector.subscribe(timeout=30.0)
+        if self.cameras == ("",):
+            collectors = [self.collector]
+        else:
+            self.collectors = {camera: Collector(self.ros, camera) for camera in self.cameras}
+            collectors = list(self.collectors.values())
+        for collector in collectors:
+            collector.car_id = next(
+                (i for i, name in enumerate(names) if name.lower() == "car"), None)
+            collector.subscribe(timeout=30.0)
         return time.monotonic() - start
 
     def set_node_parameters(self, values: dict[str, Any]) -> dict[str, Any]:
@@ -182,13 +206,19 @@ class Demo:
 
     # --- one phase --------------------------------------------------------------------------
 
-    def run_phase(self, name: str, source: Path, count: int | None,
-                  handle: Callable[[int | None, str, Output], None]) -> PhaseResult:
-        """Play ``source`` to the node and hand every output to ``handle`` as it arrives."""
-        collector = self.collector
-        collector.reset()
-        result = PhaseResult(name, node_before=collector.counters.latest()[1])
-        command = [sys.executable, "-m", "seg_perception.cli", "play", str(source),
+    def run_phase(self, name: str, sources: list[str], count: int | None,
+                  handle: Callable[[int | None, str, Output], None],
+                  collectors: dict[str, Collector] | None = None) -> dict[str, PhaseResult]:
+        """Play ``sources`` (the player's arguments: a source, or NAME=SOURCE per camera of
+        ``collectors``) to the node and hand every output to ``handle`` as it arrives; the
+        figures per camera ("": the node's own topics)."""
+        collectors = collectors or {"": self.collector}
+        results = {}
+        for camera, collector in collectors.items():
+            collector.reset()
+            results[camera] = PhaseResult(f"{name}/{camera}" if camera else name,
+                                          node_before=collector.counters.latest()[1])
+        command = [sys.executable, "-m", "seg_perception.cli", "play", *sources,
                    "--print-frames", "--wait-subscribers", "1", "--wait-timeout", "60"]
         if self.args.rate:
             command += ["--rate", str(self.args.rate)]
@@ -204,13 +234,14 @@ class Demo:
         player_end: float | None = None
         while True:
             self.check_node()
-            for output in collector.ready():
-                frame = reader.lookup(output.stamp_ns)
+            for output in (o for c in collectors.values() for o in c.ready()):
+                frame = reader.lookup(output.stamp_ns, output.camera)
                 if frame is None and player.poll() is None:
                     time.sleep(0.05)  # the player's line for it is on its way
-                    frame = reader.lookup(output.stamp_ns)
+                    frame = reader.lookup(output.stamp_ns, output.camera)
                 index, label = frame if frame else (None, "?")
                 handle(index, label, output)
+                result = results[output.camera]
                 result.outputs += 1
                 result.complete += output.complete
                 if output.latency_ms is not None:
@@ -220,20 +251,23 @@ class Demo:
                 if player_end is None:
                     player_end = time.monotonic()
                     reader.thread.join(timeout=5.0)
-                due = reader.count() - result.outputs
+                due = reader.count() - sum(r.outputs for r in results.values())
                 idle = time.monotonic() - max(last_activity, player_end)
                 if due <= 0 or idle > SETTLE_S:
                     break
             time.sleep(0.02)
         if player.poll() != 0:
             raise DemoError(f"the player failed with code {player.poll()}; see {log}")
-        result.published = reader.count()
-        result.player_summary = reader.summary
-        if reader.summary:
-            print(f"  player: {reader.summary}", flush=True)
-        # The node's counters from a diagnostics message made after the phase ended.
-        result.node_after = collector.counters.fresh(time.time_ns(), timeout=5.0)
-        return result
+        ended = time.time_ns()
+        for camera, result in results.items():
+            result.published = reader.count(camera)
+            result.player_summary = reader.summaries.get(camera, "")
+            if result.player_summary:
+                print(f"  player: {camera + ': ' if camera else ''}{result.player_summary}",
+                      flush=True)
+            # The node's counters from a diagnostics message made after the phase ended.
+            result.node_after = collectors[camera].counters.fresh(ended, timeout=5.0)
+        return results
 
     def close(self) -> None:
         """Stop the children (SIGINT, SIGTERM, kill) and this process's ROS; safe twice."""
@@ -271,7 +305,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     node.add_argument("--params-file", type=Path,
                       help="node parameters (e.g. config/segmentation.yaml); --model and "
                       "--device override it")
-    node.add_argument("--startup-timeout", type=float, default=180.0, metavar="S",
+    node.add_argument("--startup-timeout", type=number_type(float, positive=True), default=180.0,
+                      metavar="S",
                       help="seconds the node may take to load (default 180: a first run "
                       "exports the model into the cache)")
     data = parser.add_argument_group("data")
@@ -279,12 +314,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--stills", type=Path,
                       help="folder of stills (default: the dash-cam stills)")
     data.add_argument("--max-frames", type=int, default=0, metavar="N",
-                      help="play only the first N video frames (default 0 = all)")
-    data.add_argument("--only", choices=("stills", "video"), help="run one phase only")
+                      help="play only the first N video frames (default 0 = all; phase 3: "
+                      f"{CAMERA_FRAMES})")
+    data.add_argument("--only", choices=("stills", "video", "cameras"),
+                      help="run one phase only")
     parser.add_argument("--rate", type=float, metavar="HZ",
                         help="play at a fixed rate instead of lockstep (see 'pacing')")
     parser.add_argument("--out", type=Path, default=Path("out/demo"),
-                        help="output folder (default ./out/demo)")
+                        help="output folder (default ./out/demo); files of an earlier run "
+                        "there are replaced")
 
 
 def _prepare_environment() -> dict[str, str]:
@@ -302,14 +340,18 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-frames must be positive, not {args.max_frames}")
     video = args.video or dashcam_video()
     stills = args.stills or shared_path("data", "dashcam", "stills")
-    phases = [args.only] if args.only else ["stills", "video"]
-    # Open both now: a bad path fails in a second, not after the node has loaded.
-    still_source = open_source(stills) if "stills" in phases else None
-    video_source = open_source(video) if "video" in phases else None
+    phases = [args.only] if args.only else ["stills", "video", "cameras"]
+    # Open them now: a bad path fails in a second, not after the node has loaded.
+    still_source = open_source(stills) if {"stills", "cameras"} & set(phases) else None
+    video_source = open_source(video) if {"video", "cameras"} & set(phases) else None
     if still_source is not None and not os.path.isdir(stills):
         raise UsageError(f"--stills must be a folder of images, not {stills}")
-    args.out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(args.out, "--out", {"--stills": stills if still_source else None})
+    if args.params_file is not None:
+        check_input_file(args.params_file, "--params-file")
     model = _model_name(args)
+    check_model_name(model)  # a missing file fails here, not as the node's start-up log
+    args.out.mkdir(parents=True, exist_ok=True)
 
     env = _prepare_environment()
     settings = {k: env.get(k) or "(none: default transports)" for k in (
@@ -319,17 +361,23 @@ def run(args: argparse.Namespace) -> int:
     demo = Demo(args, env)
     results: list[PhaseResult] = []
     try:
-        demo.start_node()
+        demo.start_node(CAMERAS if phases == ["cameras"] else ("",))
         demo.start_ros()
         print(f"demo: starting the node (log: {demo.node_log}) ...", flush=True)
         seconds = demo.wait_until_ready()
         print(f"demo: node ready after {seconds:.1f} s{demo.ready_line()}", flush=True)
-        if still_source is not None:
+        if "stills" in phases:
             results.append(_stills_phase(demo, stills, len(still_source), args.out))
-        if video_source is not None:
+        if "video" in phases:
             count = min(args.max_frames or video_source.length or 0, video_source.length or 0)
             results.append(_video_phase(demo, video, count or None, video_source.rate, args.out))
-        _print_summary(results, demo.collector.counters.latest()[1], args.out)
+        if "cameras" in phases:
+            length = video_source.length or CAMERA_FRAMES
+            results += _cameras_phase(demo, {CAMERAS[0]: video, CAMERAS[1]: stills,
+                                             CAMERAS[2]: stills},
+                                      min(args.max_frames or CAMERA_FRAMES, length), args.out)
+        newest = [c.counters.latest()[1] for c in [demo.collector, *demo.collectors.values()]]
+        print_summary(results, next((d for d in reversed(newest) if d), {}), args.out)
     except (DemoError, TimeoutError) as exc:
         print(f"seg-perception demo: error: {exc}", file=sys.stderr)
         return 1
@@ -356,14 +404,20 @@ def _stills_phase(demo: Demo, stills: Path, count: int, out: Path) -> PhaseResul
         target = out / "stills" / f"{stem}.png"
         if output.overlay is not None:
             cv2.imwrite(str(target), cv2.cvtColor(output.overlay, cv2.COLOR_RGB2BGR))
-        print(f"  {name:<12} vehicle_ahead={_fmt_bool(output.vehicle_ahead):<5} "
-              f"coverage={_fmt(output.coverage, '.3f')} car={_fmt(output.car_fraction, '.1%')} "
+        print(f"  {name:<12} vehicle_ahead={fmt_bool(output.vehicle_ahead):<5} "
+              f"coverage={fmt(output.coverage, '.3f')} car={fmt(output.car_fraction, '.1%')} "
               f"-> {target if output.overlay is not None else '(no overlay received)'}",
               flush=True)
 
-    result = demo.run_phase("stills", stills, count, handle)
+    result = demo.run_phase("stills", [str(stills)], count, handle)[""]
     demo.set_node_parameters(previous)  # only on success: after a failure the node is gone
     return result
+
+
+def _video_writer(path: Path, fps: float, frame: Any) -> cv2.VideoWriter:
+    """An MP4 writer for frames like ``frame`` (HxWx3)."""
+    height, width = frame.shape[:2]
+    return cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
 
 
 def _video_phase(demo: Demo, video: Path, count: int | None, fps: float,
@@ -380,56 +434,60 @@ def _video_phase(demo: Demo, video: Path, count: int | None, fps: float,
             nonlocal writer
             if output.overlay is not None:
                 if writer is None:
-                    height, width = output.overlay.shape[:2]
-                    writer = cv2.VideoWriter(str(out / "overlay.mp4"),
-                                             cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+                    writer = _video_writer(out / "overlay.mp4", fps, output.overlay)
                 writer.write(cv2.cvtColor(output.overlay, cv2.COLOR_RGB2BGR))
             sec, nanosec = divmod(output.stamp_ns, 1_000_000_000)
             stamp = f"{sec}.{nanosec:09d}"
             latency = output.latency_ms
             table.writerow([
-                "" if index is None else index, stamp, _fmt_bool(output.vehicle_ahead),
+                "" if index is None else index, stamp, fmt_bool(output.vehicle_ahead),
                 "" if output.coverage is None else f"{output.coverage:.4f}",
                 "" if latency is None else f"{latency:.1f}",
             ])
-            print(f"  frame {_fmt(index, '3d')} stamp {stamp} "
-                  f"vehicle_ahead={_fmt_bool(output.vehicle_ahead):<5} "
-                  f"coverage={_fmt(output.coverage, '.3f')} latency={_fmt(latency, '.0f')} ms",
+            print(f"  frame {fmt(index, '3d')} stamp {stamp} "
+                  f"vehicle_ahead={fmt_bool(output.vehicle_ahead):<5} "
+                  f"coverage={fmt(output.coverage, '.3f')} latency={fmt(latency, '.0f')} ms",
                   flush=True)
 
         try:
-            return demo.run_phase("video", video, count, handle)
+            return demo.run_phase("video", [str(video)], count, handle)[""]
         finally:
             if writer is not None:
                 writer.release()
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "?" if value is None else format(value, spec)
+def _cameras_phase(demo: Demo, sources: dict[str, Path], count: int,
+                   out: Path) -> list[PhaseResult]:
+    """Three cameras into one node at once (the node restarted with them): one overlay
+    video per camera."""
+    folder = out / "cameras"
+    print(f"\nphase 3: {count} frames on each of the cameras " + ", ".join(
+        f"{camera} ({path.name})" for camera, path in sources.items()) + f" -> {folder}/",
+        flush=True)
+    if tuple(demo.cameras) != tuple(sources):
+        seconds = demo.restart_node(tuple(sources))
+        print(f"demo: node restarted with cameras {list(sources)} (log: {demo.node_log}), "
+              f"ready after {seconds:.1f} s", flush=True)
+    folder.mkdir(exist_ok=True)
+    rates = {camera: open_source(path).rate for camera, path in sources.items()}
+    writers: dict[str, cv2.VideoWriter] = {}
 
+    def handle(index: int | None, name: str, output: Output) -> None:
+        if output.overlay is not None:
+            if output.camera not in writers:
+                writers[output.camera] = _video_writer(folder / f"{output.camera}.mp4",
+                                                       rates[output.camera], output.overlay)
+            writers[output.camera].write(cv2.cvtColor(output.overlay, cv2.COLOR_RGB2BGR))
 
-def _fmt_bool(value: bool | None) -> str:
-    return "?" if value is None else str(value).lower()
+    try:
+        results = demo.run_phase(
+            "cameras", [f"{camera}={path}" for camera, path in sources.items()] + ["--loop"],
+            count, handle, demo.collectors)
+    finally:
+        for writer in writers.values():
+            writer.release()
+    for camera in sources:
+        print(f"  {camera:<6} {results[camera].outputs} overlays -> {folder / camera}.mp4",
+              flush=True)
+    return list(results.values())
 
-
-def _print_summary(results: list[PhaseResult], diagnostics: dict[str, str], out: Path) -> None:
-    print("\nsummary", flush=True)
-    for result in results:
-        latencies = np.asarray(result.latencies_ms)
-        if latencies.size:
-            p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
-            latency = f"p50 {p50:.0f} / p90 {p90:.0f} / p99 {p99:.0f} ms"
-        else:
-            latency = "n/a"
-        print(
-            f"  {result.name:<6}  published {result.published}, received by the node "
-            f"{result.node_delta('frames_received')}, processed "
-            f"{result.node_delta('frames_processed')}, dropped "
-            f"{result.node_delta('frames_dropped')}, outputs received {result.outputs} "
-            f"({result.complete} complete); latency stamp->outputs {latency}",
-            flush=True,
-        )
-    node_figures = ", ".join(f"{k} {diagnostics[k]}" for k in (
-        "model", "device", "latency_ms_p50", "latency_ms_p99") if k in diagnostics)
-    print(f"  node: {node_figures or '(no diagnostics received)'}", flush=True)
-    print(f"  outputs in {out}/", flush=True)

@@ -1,5 +1,5 @@
-"""What comes back in the demo: the node's outputs matched to the input frames, and which
-frame each stamp was (the player's ``--print-frames`` lines).
+"""What comes back in the demo: the node's outputs matched to the input frames, which frame
+each stamp was (the player's ``--print-frames`` lines), and the figures of each phase.
 
 Images carry the input's header, so they are matched by stamp. The decision topics
 (``vehicle_ahead``, ``vehicle_ahead/coverage``) carry no header; the node publishes one of
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -28,6 +29,7 @@ class Output:
     """Everything received for one input frame (matched by its stamp)."""
 
     stamp_ns: int
+    camera: str = ""  # of a multi-camera node; "" for the node's own topic names
     label_arrival: float | None = None
     car_fraction: float | None = None
     overlay: np.ndarray | None = None  # RGB
@@ -48,16 +50,19 @@ class Output:
 
 
 class Collector:
-    """The demo's subscriptions to the node's outputs, and their pairing per input frame.
+    """The demo's subscriptions to the outputs of one camera of the node (``camera`` "": the
+    node's own topic names), and their pairing per input frame.
 
     Callbacks run on the executor thread; the main thread reads through :meth:`ready`.
     """
 
-    def __init__(self, ros: RosNode) -> None:
+    def __init__(self, ros: RosNode, camera: str = "") -> None:
         self.ros = ros
+        self.camera = camera
         self.car_id: int | None = None  # for the share of car pixels in each label map
         self.lock = threading.Lock()
-        self.counters = NodeCounters(ros, NODE)  # cumulative: kept across phases
+        # The camera's own status (cumulative: kept across phases).
+        self.counters = NodeCounters(ros, NODE + (f"/{camera}" if camera else ""))
         self.reset()
 
     def reset(self) -> None:
@@ -81,7 +86,8 @@ class Collector:
             (topics.VEHICLE_AHEAD, Bool, lambda m: self._decided(self.decisions, bool(m.data))),
             (topics.COVERAGE, Float32, lambda m: self._decided(self.coverages, float(m.data))),
         ):
-            self.ros.subscribe_to_publishers(topic, msg_type, callback, 10, timeout)
+            self.ros.subscribe_to_publishers(topics.camera_topic(self.camera, topic), msg_type,
+                                             callback, 10, timeout)
         time.sleep(0.5)  # matching completes on the node's side a moment later
 
     def _on_label_map(self, msg: Any) -> None:
@@ -103,7 +109,8 @@ class Collector:
         with self.lock:
             if stamp in self.done:
                 return
-            output = self.outputs.get(stamp) or self.outputs.setdefault(stamp, Output(stamp))
+            output = self.outputs.get(stamp) or self.outputs.setdefault(
+                stamp, Output(stamp, self.camera))
             for name, value in fields.items():
                 setattr(output, name, value)
             if "label_arrival" in fields:
@@ -143,30 +150,86 @@ class Collector:
 
 
 class PlayerOutput:
-    """Reads the player's stdout: 'frame INDEX stamp SEC.NANOSEC NAME' lines and its summary."""
+    """Reads the player's stdout: 'frame INDEX stamp SEC.NANOSEC NAME' lines and its summary,
+    each after 'CAMERA: ' when it plays several cameras."""
 
     def __init__(self, stream: IO[str]) -> None:
-        self.frames: dict[int, tuple[int, str]] = {}  # stamp -> (index, name)
-        self.summary = ""
+        self.frames: dict[tuple[str, int], tuple[int, str]] = {}  # (camera, stamp) -> (index, name)
+        self.summaries: dict[str, str] = {}  # camera -> its summary line
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self.thread.start()
 
     def _read(self, stream: IO[str]) -> None:
         for line in stream:
+            camera = ""
             parts = line.split()
+            if parts and parts[0].endswith(":") and parts[0][:-1].isidentifier():
+                camera, parts = parts[0][:-1], parts[1:]
             if len(parts) >= 4 and parts[0] == "frame" and parts[2] == "stamp":
                 sec, _, nanosec = parts[3].partition(".")
                 with self.lock:
-                    self.frames[int(sec) * 1_000_000_000 + int(nanosec)] = (
+                    self.frames[camera, int(sec) * 1_000_000_000 + int(nanosec)] = (
                         int(parts[1]), " ".join(parts[4:]))
-            elif line.strip():
-                self.summary = line.strip()
+            elif parts:
+                self.summaries[camera] = " ".join(parts)
 
-    def lookup(self, stamp: int) -> tuple[int, str] | None:
+    def lookup(self, stamp: int, camera: str = "") -> tuple[int, str] | None:
         with self.lock:
-            return self.frames.get(stamp)
+            return self.frames.get((camera, stamp))
 
-    def count(self) -> int:
+    def count(self, camera: str | None = None) -> int:
+        """Frames published, of one camera or (None) of all."""
         with self.lock:
-            return len(self.frames)
+            return sum(1 for key in self.frames if camera is None or key[0] == camera)
+
+
+@dataclass
+class PhaseResult:
+    """Figures of one phase (of one camera, with several) for the summary."""
+
+    name: str
+    published: int = 0
+    outputs: int = 0
+    complete: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    node_before: dict[str, str] = field(default_factory=dict)
+    node_after: dict[str, str] = field(default_factory=dict)
+    player_summary: str = ""
+
+    def node_delta(self, key: str) -> str:
+        try:
+            return str(int(float(self.node_after[key]) - float(self.node_before.get(key, 0))))
+        except (KeyError, ValueError):
+            return "?"
+
+
+def print_summary(results: list[PhaseResult], diagnostics: dict[str, str], out: Path) -> None:
+    print("\nsummary", flush=True)
+    for result in results:
+        latencies = np.asarray(result.latencies_ms)
+        if latencies.size:
+            p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
+            latency = f"p50 {p50:.0f} / p90 {p90:.0f} / p99 {p99:.0f} ms"
+        else:
+            latency = "n/a"
+        print(
+            f"  {result.name:<13}  published {result.published}, received by the node "
+            f"{result.node_delta('frames_received')}, processed "
+            f"{result.node_delta('frames_processed')}, dropped "
+            f"{result.node_delta('frames_dropped')}, outputs received {result.outputs} "
+            f"({result.complete} complete); latency stamp->outputs {latency}",
+            flush=True,
+        )
+    node_figures = ", ".join(f"{k} {diagnostics[k]}" for k in (
+        "model", "device", "latency_ms_p50", "latency_ms_p99") if k in diagnostics)
+    print(f"  node: {node_figures or '(no diagnostics received)'}", flush=True)
+    print(f"  outputs in {out}/", flush=True)
+
+
+def fmt(value: Any, spec: str) -> str:
+    return "?" if value is None else format(value, spec)
+
+
+def fmt_bool(value: bool | None) -> str:
+    return "?" if value is None else str(value).lower()

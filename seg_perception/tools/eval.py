@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from seg_perception.checks import atomic_write, check_input_file, check_output_dir
 from seg_perception.core.pipeline import SegmentationPipeline, configure_threads
 from seg_perception.core.vehicle_ahead import (
     DEFAULT_CORRIDOR,
@@ -32,6 +32,7 @@ from seg_perception.evaluation import (
     EvaluationResult,
     Evaluator,
     Sample,
+    check_labels,
     find_samples,
     read_labels,
     run_evaluation,
@@ -40,10 +41,11 @@ from seg_perception.evaluation.report import (
     ReportFrame,
     calibration_summary,
     format_ratio,
+    report_files,
     worst_frames,
     write_report,
 )
-from seg_perception.models.loading import load_model
+from seg_perception.models.loading import check_model_name, load_model
 from seg_perception.shared_data import use_shared_torch_home
 from seg_perception.tools.common import add_model_arguments, parse_size
 
@@ -65,7 +67,10 @@ EPILOG = f"""ground truth for "vehicle ahead" (fixed; part of the product defini
 
 labels: single-channel PNGs of class ids with the same file names as the images (CamVid
   layout). To evaluate on your own data, write its classes in that layout, or convert them to
-  camvid ids, and give a --mapping from your model's classes.
+  camvid ids, and give a --mapping from your model's classes. Every label image is read before
+  the model loads: 8-bit ids (a 16-bit image only if every id fits 8 bits); ids that are
+  neither a class nor void are ignored like void, with a warning naming the files; no
+  labelled pixel at all is an error.
 
 mapping file (YAML): "classes:" maps each data-set class to a list of model class names,
   e.g. "Car: [car, truck, bus, train]". Model classes listed nowhere are "unmapped": a pixel
@@ -132,9 +137,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--output", type=Path, default=Path("eval-report"), metavar="DIR",
                      help="folder for eval.json, report.md and the figures (default "
-                     "./eval-report)")
+                     "./eval-report); files of an earlier run there are replaced (one line "
+                     "says so); never an --images or --labels folder")
     out.add_argument("--no-report", action="store_true",
-                     help="write eval.json only (no markdown, no figures)")
+                     help="write eval.json only (no markdown, no figures); an earlier "
+                     "report's markdown and figures in --output are removed")
     out.add_argument("--worst", type=int, default=6, metavar="N",
                      help="false alarms and misses each on the contact sheet (default 6)")
     out.add_argument("--sweep", action="store_true",
@@ -181,18 +188,6 @@ def _check_numbers(args: argparse.Namespace, corridor: Corridor) -> None:
         raise UsageError("--" + str(exc).replace("_", "-")) from None
 
 
-def _check_output(folder: Path) -> None:
-    """Refuse an unusable --output before minutes of evaluation, not after: the folder must
-    be (or be creatable as) a writable folder. It is created only when results exist."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"-o/--output {folder}: {existing} exists and is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"-o/--output {folder}: {existing} is not writable")
-
-
 def _config(args: argparse.Namespace, corridor: Corridor, class_names: tuple[str, ...]
             ) -> tuple[VehicleAheadConfig, tuple[str, ...]]:
     wanted = [n.strip() for n in args.vehicle_classes.split(",")] if args.vehicle_classes else None
@@ -200,6 +195,17 @@ def _config(args: argparse.Namespace, corridor: Corridor, class_names: tuple[str
     config = VehicleAheadConfig(corridor, ids, args.min_coverage,
                                 min_blob_fraction=args.min_blob_fraction)
     return config, tuple(class_names[i] for i in ids)
+
+
+def _remove_old_report(folder: Path) -> None:
+    """--no-report into a folder with an earlier report: delete that report's files (only
+    those eval writes), so that no stale figure sits beside the new eval.json."""
+    old = [path for path in report_files(folder) if path.is_file()]
+    for path in old:
+        path.unlink()
+    if old:
+        log.info("removed the earlier report from %s (--no-report): %s", folder,
+                 ", ".join(path.name for path in old))
 
 
 def print_sweep(result: EvaluationResult, stream=None) -> None:
@@ -225,7 +231,12 @@ def run(args: argparse.Namespace) -> int:
     samples = _samples(args)
     corridor = _corridor(args.corridor)
     _check_numbers(args, corridor)
-    _check_output(args.output)
+    check_output_dir(args.output, "-o/--output", {"--images": args.images,
+                                                   "--labels": args.labels})
+    if args.mapping is not None:
+        check_input_file(args.mapping, "--mapping")
+    check_model_name(args.model)
+    check_labels(samples, dataset)  # every label image once: fail before the model loads
     use_shared_torch_home()
     configure_threads(args.threads)
     model = load_model(args.model, device=args.device, precision=args.precision,
@@ -252,11 +263,13 @@ def run(args: argparse.Namespace) -> int:
                 kept = [f for f in kept if f.record.name in worst]
     seconds = time.perf_counter() - start
     result = evaluator.result(meta.name, seconds, meta.input_size)
-    args.output.mkdir(parents=True, exist_ok=True)
     json_path = args.output / "eval.json"
-    json_path.write_text(json.dumps(result.to_json(), indent=1))
+    with atomic_write(json_path) as stream:
+        json.dump(result.to_json(), stream, indent=1)
     if not args.no_report:
         write_report(result, args.output, kept, args.worst)
+    else:
+        _remove_old_report(args.output)
     counts = result.counts
     print(f"{len(result.frames)} images in {seconds:.1f} s "
           f"({seconds / len(result.frames) * 1e3:.0f} ms/image), model {meta.name}, input "

@@ -6,10 +6,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from seg_perception.checks import number_type, parse_size
 from seg_perception.errors import UsageError
 from seg_perception.models.registry import BUILTIN_MODELS, DEFAULT_MODEL
 from seg_perception.shared_data import use_shared_torch_home
-from seg_perception.tools.common import parse_size
 from seg_perception.training.checkpoint import BEST, CURVES_PNG, LAST, LOG_CSV
 from seg_perception.training.data import CLASS_FILE_EXAMPLE
 from seg_perception.training.fine_tune import SUMMARY_JSON, FineTuneRequest, fine_tune
@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--val-labels", type=Path, metavar="DIR", help="validation labels")
     data.add_argument("--classes", required=True, metavar="NAME|FILE",
                       help="the labels' classes: camvid, cityscapes, or a class-list YAML")
-    data.add_argument("--limit", type=int, default=0, metavar="N",
+    data.add_argument("--limit", type=number_type(int, minimum=0), default=0, metavar="N",
                       help="only the first N images of each folder (quick runs)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|PATH",
@@ -89,29 +89,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt = parser.add_argument_group("training")
     opt.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, metavar="N",
                      help=f"at most N epochs (default {_DEFAULTS.epochs})")
-    opt.add_argument("--time-budget", type=float, metavar="MIN",
+    opt.add_argument("--time-budget", type=number_type(float, positive=True), metavar="MIN",
                      help="stop after MIN minutes of training; the lr decays to 0 by then")
     opt.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, metavar="N",
                      help=f"images per step, all processes together (default "
                      f"{_DEFAULTS.batch_size})")
-    opt.add_argument("--lr", type=float, default=_DEFAULTS.lr,
+    opt.add_argument("--lr", type=number_type(float, positive=True), default=_DEFAULTS.lr,
                      help=f"initial learning rate (default {_DEFAULTS.lr:g})")
     opt.add_argument("--optimizer", choices=("adam", "sgd"), default=_DEFAULTS.optimizer)
-    opt.add_argument("--weight-decay", type=float, default=_DEFAULTS.weight_decay,
+    opt.add_argument("--weight-decay", type=number_type(float, minimum=0),
+                     default=_DEFAULTS.weight_decay,
                      help=f"default {_DEFAULTS.weight_decay:g}")
-    opt.add_argument("--patience", type=int, default=_DEFAULTS.patience, metavar="N",
+    opt.add_argument("--patience", type=number_type(int, minimum=0), default=_DEFAULTS.patience,
+                     metavar="N",
                      help=f"early stop after N epochs without a better val mIoU (default "
                      f"{_DEFAULTS.patience}; 0 = off)")
     opt.add_argument("--seed", type=int, default=_DEFAULTS.seed)
-    opt.add_argument("--workers", type=int, default=_DEFAULTS.workers, metavar="N",
+    opt.add_argument("--workers", type=number_type(int, minimum=0), default=_DEFAULTS.workers,
+                     metavar="N",
                      help="data-loading processes (default 0: in the training process)")
     opt.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    opt.add_argument("--threads", type=int, default=0,
+    opt.add_argument("--threads", type=number_type(int, minimum=0), default=0,
                      help="CPU threads for torch (default: all cores, shared between processes)")
     opt.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA")
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, required=True, metavar="FILE",
-                     help="the exported model (TorchScript with metadata)")
+                     help="the exported model (TorchScript with metadata); an existing file is "
+                     "replaced (one line says so), never one of the inputs")
     out.add_argument("--run-dir", type=Path, metavar="DIR",
                      help="checkpoints, log and curves (default <out>_training/)")
     out.add_argument("--resume", action="store_true",

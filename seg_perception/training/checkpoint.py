@@ -1,17 +1,16 @@
 """Checkpoints of a training run, and the run's log (CSV) and learning curves (PNG).
 
 A checkpoint holds only tensors and plain values, so ``torch.load(weights_only=True)`` reads
-it (no pickled code). Every file is written to ``<name>.part`` and renamed: a crash never
-leaves a half-written file, and the previous checkpoint stays valid until the new one is whole.
+it (no pickled code). Every file is written to a temporary file beside it and renamed
+(:func:`seg_perception.checks.atomic_write`): a crash never leaves a half-written file, and the
+previous checkpoint stays valid until the new one is whole.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import math
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch
 
+from seg_perception.checks import atomic_write
 from seg_perception.errors import SegPerceptionError
 
 CHECKPOINT_FORMAT = 1
@@ -68,18 +68,6 @@ class RunState:
         return cls(**{**data, "history": history})
 
 
-def atomic_write(path: Path, write) -> None:
-    """``write(file_object)`` into ``path.part``, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    try:
-        with open(tmp, "wb") as stream:
-            write(stream)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_checkpoint(run_dir: Path, state: RunState, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                     info: dict[str, Any], best: bool) -> None:
@@ -95,10 +83,12 @@ def save_checkpoint(run_dir: Path, state: RunState, model: torch.nn.Module,
         "scaler": scaler.state_dict(),
         **info,
     }
-    atomic_write(run_dir / LAST, lambda stream: torch.save(payload, stream))
+    with atomic_write(run_dir / LAST, "wb", announce=False) as stream:
+        torch.save(payload, stream)
     if best:
-        with open(run_dir / LAST, "rb") as source:
-            atomic_write(run_dir / BEST, lambda stream: shutil.copyfileobj(source, stream))
+        with (open(run_dir / LAST, "rb") as source,
+              atomic_write(run_dir / BEST, "wb", announce=False) as stream):
+            shutil.copyfileobj(source, stream)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -129,19 +119,16 @@ def write_log(run_dir: Path, history: list[EpochRecord], class_names: tuple[str,
     columns = ["epoch", "iterations", "elapsed_s", "lr", "train_loss", "val_miou",
                "val_pixel_accuracy", *(f"iou_{name}" for name in class_names)]
 
-    def write_csv(stream) -> None:
-        text = io.StringIO()
-        writer = csv.writer(text)
+    with atomic_write(run_dir / LOG_CSV, announce=False) as stream:
+        writer = csv.writer(stream)
         writer.writerow(columns)
         for r in history:
             ious = r.val_iou or [math.nan] * len(class_names)
             writer.writerow([r.epoch, r.iterations, f"{r.elapsed_s:.1f}", f"{r.lr:.3g}",
                              f"{r.train_loss:.4f}", f"{r.val_miou:.4f}",
                              f"{r.val_pixel_accuracy:.4f}", *(f"{v:.4f}" for v in ious)])
-        stream.write(text.getvalue().encode())
-
-    atomic_write(run_dir / LOG_CSV, write_csv)
-    atomic_write(run_dir / CURVES_PNG, lambda stream: _plot_curves(history, class_names, stream))
+    with atomic_write(run_dir / CURVES_PNG, "wb", announce=False) as stream:
+        _plot_curves(history, class_names, stream)
 
 
 def _plot_curves(history: list[EpochRecord], class_names: tuple[str, ...], stream) -> None:

@@ -8,7 +8,6 @@ as the inference pipeline does: BGR/RGB 0..255 resized to the network input with
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from seg_perception.core.labels import LABEL_SETS, LabelSet, voc_palette
 from seg_perception.core.vehicle_ahead import DEFAULT_VEHICLE_CLASS_NAMES
 from seg_perception.errors import SegPerceptionError
 from seg_perception.evaluation import Sample, find_samples, read_image, read_labels
+from seg_perception.evaluation.dataset import stray_ids
 from seg_perception.models.metadata import ModelMetadata
 
 IGNORE_INDEX = 255  # the loss ignores this target value; void label ids are mapped onto it
@@ -164,7 +164,7 @@ def scan_samples(images: Path, labels: Path, label_set: LabelSet, limit: int = 0
             continue
         hist = np.bincount(truth.ravel(), minlength=num_classes)
         counts += hist[:num_classes]
-        bad = [int(v) for v in np.flatnonzero(hist) if v >= num_classes and v not in void]
+        bad = stray_ids(hist, label_set)
         if bad:
             shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
             void_text = f", void {sorted(void)}" if void else ""
@@ -183,23 +183,6 @@ def scan_samples(images: Path, labels: Path, label_set: LabelSet, limit: int = 0
     std = np.mean(np.array(stds), axis=0)
     return ScanResult(tuple(found), frozenset(sizes),
                       class_pixels, tuple(float(v) for v in mean), tuple(float(v) for v in std))
-
-
-def check_output(out: Path, inputs: Sequence[Path]) -> None:
-    """The output must be a writable file path that is not one of the inputs (fail early)."""
-    resolved = out.expanduser().resolve()
-    if resolved in {p.expanduser().resolve() for p in inputs}:
-        raise TrainingDataError(f"--out {out} is one of the input files: choose a new file")
-    if resolved.is_dir():
-        raise TrainingDataError(f"--out {out} is a folder: give a file name such as model.pt")
-    parent = resolved.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise TrainingDataError(f"--out {out}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK) or (resolved.exists()
-                                                    and not os.access(resolved, os.W_OK)):
-        raise TrainingDataError(f"--out {out}: {parent} is not writable")
 
 
 # --------------------------------------------------------------------------------------------

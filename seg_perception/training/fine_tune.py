@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from seg_perception.checks import atomic_write, check_output_dir, check_output_file
 from seg_perception.core.labels import LabelSet, find_label_set
 from seg_perception.errors import UsageError
 from seg_perception.evaluation import LABEL_SETS as DATASET_LABEL_SETS
@@ -26,7 +27,6 @@ from seg_perception.training.checkpoint import (
     LAST,
     CheckpointError,
     RunState,
-    atomic_write,
     load_checkpoint,
     save_checkpoint,
     state_digest,
@@ -36,7 +36,6 @@ from seg_perception.training.data import (
     Augmentation,
     ScanResult,
     SegmentationDataset,
-    check_output,
     load_label_set,
     scan_samples,
 )
@@ -99,10 +98,10 @@ def check_inputs(request: FineTuneRequest, label_set: LabelSet) -> Inputs:
     if request.val_images is not None:
         val = scan_samples(request.val_images, request.val_labels, label_set, request.limit,
                            what="validation")
-    inputs = [*train.files, *(val.files if val else ())]
-    if Path(request.model).is_file():
-        inputs.append(Path(request.model))
-    check_output(request.out, inputs)
+    check_output_file(request.out, "--out", {
+        "--model": request.model if Path(request.model).is_file() else None,
+        "input files": [*train.files, *(val.files if val else ())]})
+    check_output_dir(request.run_dir, "--run-dir")
     network_size(request, train)
     return Inputs(train, val)
 
@@ -243,8 +242,8 @@ def finish(request: FineTuneRequest, label_set: LabelSet, state: RunState,
                                                            strict=False))}
     if request.val_images is not None:
         summary["eval"] = evaluate_file(request, label_set)
-    text = json.dumps(summary, indent=1).encode()
-    atomic_write(request.run_dir / SUMMARY_JSON, lambda stream: stream.write(text))
+    with atomic_write(request.run_dir / SUMMARY_JSON, announce=False) as stream:
+        json.dump(summary, stream, indent=1)
     return summary
 
 

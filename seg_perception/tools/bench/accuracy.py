@@ -80,7 +80,8 @@ def measure_accuracy(args: argparse.Namespace, log: Callable[[str], None]) -> li
         precision_text = precision_name(loaded)
         log(f"  accuracy {size_text(size)} {precision_text}: {len(samples)} CamVid "
             f"{args.accuracy_split} images")
-        for _ in run_evaluation(timed, samples, evaluator):
+        # The node's default outputs: its confidence map is made only for a subscriber.
+        for _ in run_evaluation(timed, samples, evaluator, confidence=False):
             pass
         result = evaluator.result(meta.name, input_size=size)
         counts = result.counts

@@ -20,14 +20,19 @@ class OurPipeline:
 
     name = "pipeline"
 
-    def __init__(self, loaded: Any, vehicle_config: Any, alpha: float, cuda_graph: bool):
+    def __init__(self, loaded: Any, vehicle_config: Any, alpha: float, cuda_graph: bool,
+                 confidence: bool = False):
         from seg_perception.core.frame import OutputRequest, StreamState
         from seg_perception.core.pipeline import SegmentationPipeline
 
         self.pipeline = SegmentationPipeline(loaded, cuda_graph=cuda_graph)
         self.stream = StreamState(vehicle_config)
-        self.request = OutputRequest(color_mask=True, overlay_alpha=alpha)
-        self.writers = [ImageMessageWriter(image_type() or SimpleNamespace) for _ in range(3)]
+        # ``confidence``: also the confidence map and its message, as the node does for a
+        # subscriber of segmentation/confidence.
+        self.request = OutputRequest(color_mask=True, overlay_alpha=alpha, confidence=confidence)
+        outputs = 4 if confidence else 3
+        self.writers = [ImageMessageWriter(image_type() or SimpleNamespace)
+                        for _ in range(outputs)]
 
     def __call__(self, msg: Any, timer: Callable[[str], Any]) -> list[Any]:
         from seg_perception.core.frame import process_frame
@@ -36,10 +41,13 @@ class OurPipeline:
             decoded = decode_image_msg(msg)
         result = process_frame(self.pipeline, decoded, self.stream, self.request, timer=timer)
         with timer("array_to_msg"):
-            label_map, color_mask, overlay = self.writers
-            return [label_map(result.label_map, "mono8", msg.header),
-                    color_mask(result.color_mask, "rgb8", msg.header),
-                    overlay(result.overlay, "rgb8", msg.header)]
+            label_map, color_mask, overlay = self.writers[:3]
+            messages = [label_map(result.label_map, "mono8", msg.header),
+                        color_mask(result.color_mask, "rgb8", msg.header),
+                        overlay(result.overlay, "rgb8", msg.header)]
+            if result.confidence is not None:
+                messages.append(self.writers[3](result.confidence, "mono8", msg.header))
+            return messages
 
     def network_input(self, msg: Any) -> Any:
         """The input tensor the pipeline feeds the network for this frame."""

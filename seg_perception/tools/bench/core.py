@@ -35,6 +35,9 @@ class SizeResult:
     naive: Summary | None = None
     naive_stages: dict[str, Summary] = field(default_factory=dict)
     speedup: float | None = None  # median over frames of naive / pipeline on that frame
+    confidence: Summary | None = None  # the pipeline also making the confidence map
+    confidence_stages: dict[str, Summary] = field(default_factory=dict)
+    confidence_overhead: float | None = None  # median over frames of with / without, minus 1
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -48,10 +51,15 @@ class SizeResult:
             data["naive"] = self.naive.to_json()
             data["naive_stages"] = {k: v.to_json() for k, v in self.naive_stages.items()}
             data["speedup_vs_naive"] = sig(self.speedup)
+        if self.confidence is not None:
+            data["with_confidence"] = self.confidence.to_json()
+            data["with_confidence_stages"] = {k: v.to_json()
+                                              for k, v in self.confidence_stages.items()}
+            data["confidence_overhead"] = sig(self.confidence_overhead)
         return data
 
 
-def _sync(loaded: Any) -> Callable[[], object] | None:
+def device_sync(loaded: Any) -> Callable[[], object] | None:
     """What makes asynchronous device work visible to a timer (None on the CPU)."""
     import torch
 
@@ -64,13 +72,17 @@ def measure_core(
     args: argparse.Namespace,
     vehicle_config: Any,
     log: Callable[[str], None],
+    confidence: bool = False,
 ) -> list[SizeResult]:
-    """Ours, the naive pipeline and the network alone, interleaved frame by frame."""
-    sync = _sync(loaded)
+    """Ours, the naive pipeline and the network alone, interleaved frame by frame; with
+    ``confidence``, at the camera size also ours making the confidence map (its cost)."""
+    sync = device_sync(loaded)
     cuda = sync is not None
     ours = OurPipeline(loaded, vehicle_config, args.alpha, args.cuda_graph)
     naive = None if "naive" in args.skip else NaivePipeline(
         loaded, vehicle_config, args.alpha, ours.pipeline.network_size)
+    confident = OurPipeline(loaded, vehicle_config, args.alpha, args.cuda_graph,
+                            confidence=True) if confidence else None
     results = []
     for size, size_frames in frames.items():
         width, height = size
@@ -79,6 +91,8 @@ def measure_core(
         plain = StageTimer(sync, stages=False)  # CUDA: per-stage syncs would inflate the total
         naive_timer = StageTimer(sync)
         forward_timer = StageTimer(sync, stages=False)
+        confidence_timer = StageTimer(sync, stages=not cuda)  # as ``whole`` below
+        with_confidence = confident if size == args.camera_size else None
         messages = [make_image(f, "rgb8", header(i)) for i, f in enumerate(size_frames)]
         log(f"  {size_text(size)}: {len(messages) - args.warmup} frames after {args.warmup} "
             f"warm-up, network input {network[1]}x{network[0]}")
@@ -92,6 +106,9 @@ def measure_core(
             if naive is not None:
                 with naive_timer.frame(keep):
                     naive(msg, naive_timer)
+            if with_confidence is not None:
+                with confidence_timer.frame(keep):
+                    with_confidence(msg, confidence_timer)
             # Measured at every size, right after the pipeline on the same frame: the same
             # input shape, but load from other processes changes over a run.
             x = ours.network_input(msg)
@@ -105,6 +122,10 @@ def measure_core(
             result.naive = naive_timer.total()
             result.naive_stages = naive_timer.summary()
             result.speedup = paired_ratio(naive_timer.totals, whole.totals)
+        if with_confidence is not None:
+            result.confidence = confidence_timer.total()
+            result.confidence_stages = confidence_timer.summary()
+            result.confidence_overhead = paired_ratio(confidence_timer.totals, whole.totals) - 1
         results.append(result)
     return results
 
@@ -117,7 +138,7 @@ def frame_timer(loaded: Any, args: argparse.Namespace,
     ours = OurPipeline(loaded, vehicle_config, args.alpha, args.cuda_graph)
     frames = load_frames([args.camera_size], DISTINCT_FRAMES)[args.camera_size]  # its frames
     messages = [make_image(f, "rgb8", header(i)) for i, f in enumerate(frames)]
-    timer = StageTimer(_sync(loaded), stages=False)
+    timer = StageTimer(device_sync(loaded), stages=False)
     with timer.frame(keep=False):
         ours(messages[0], timer)  # this pipeline's own buffers
 

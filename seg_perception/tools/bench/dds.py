@@ -108,11 +108,27 @@ class Graph:
                         stdin.flush()
                     except BrokenPipeError:
                         break  # the publisher ended; its exit code tells why
+        return self.finish(publisher, out, seconds)
+
+    @staticmethod
+    def finish(publisher: ChildProcess, out: Path, seconds: float) -> dict:
+        """Wait for a publisher that runs for ``seconds``; its JSON."""
         code = publisher.wait(timeout=seconds + 120)
         publisher.stop()  # closes the pipes
         if code != 0 or not out.exists():
             raise RuntimeError(f"bench publisher failed ({code}): {publisher.tail()}")
         return json.loads(out.read_text())
+
+    def publish_together(self, size: Size, seconds: float,
+                         feeds: Sequence[tuple[str, float, str | None]]) -> list[dict]:
+        """One publisher per (topic, rate, lockstep topic or None), all at once; their JSON."""
+        started = [self.start_publisher(size, rate, seconds, topic, lockstep)
+                   for topic, rate, lockstep in feeds]
+        try:
+            return [self.finish(publisher, out, seconds) for publisher, out in started]
+        finally:
+            for publisher, _ in started:
+                publisher.stop()
 
     def record(self, names: Sequence[str], reliability: str, diagnostics: bool = False,
                depth: int = 10) -> Recording:
@@ -122,15 +138,19 @@ class Graph:
                                  diagnostics=f"/{topics.NODE_NAME}" if diagnostics else None)
         return Recording(self.start(command, "recorder"), out, ready)
 
-    def start_node(self, args: argparse.Namespace, threads: int) -> ChildProcess:
-        """The real node (``python -m seg_perception.node``) with the benchmark's settings."""
+    def start_node(self, args: argparse.Namespace, threads: int, namespace: str = "",
+                   **params: str) -> ChildProcess:
+        """The real node (``python -m seg_perception.node``) with the benchmark's settings,
+        in ``/namespace`` if given, ``params`` added (e.g. ``cameras="[c0,c1]"``)."""
         params = {
             "model": args.model, "device": args.device, "precision": args.precision,
             "num_threads": str(threads), "overlay_alpha": str(args.alpha),
-            "cuda_graph": "true" if args.cuda_graph else "false",
+            "cuda_graph": "true" if args.cuda_graph else "false", **params,
         }
         ros_args = [arg for k, v in params.items() for arg in ("-p", f"{k}:={v}")]
-        return self.start(node_command(*ros_args), "node")
+        if namespace:
+            ros_args = ["-r", f"__ns:=/{namespace}", *ros_args]
+        return self.start(node_command(*ros_args), f"node-{namespace}" if namespace else "node")
 
 
 def wait_node_ready(node: ChildProcess) -> None:

@@ -22,6 +22,7 @@ STAGE_ORDER = ("msg_to_array", "upload", "preprocess", "forward", "smoothing", "
 TARGET_PIPELINE_OVER_FORWARD = 1.15
 TARGET_SPEEDUP = 2.0
 TARGET_NODE_EXTRA_FORWARD_SHARE = 0.10
+TARGET_CONFIDENCE_OVERHEAD = 0.10
 
 
 def _device_name(device: Any) -> str:
@@ -95,7 +96,8 @@ def build_report(
             "node_seconds": args.node_seconds, "node_rate_hz": args.node_rate or "full speed",
             "transport_seconds": args.transport_seconds,
             "transport_rate_hz": args.transport_rate or "full speed",
-            "skipped": sorted(args.skip),
+            "skipped": sorted(args.skip), "added": sorted(args.extra),
+            "contention": args.contention, "smoothing": args.smoothing,
             "command": " ".join(["seg-perception", *sys.argv[1:]]),
         },
         "load_average": {"start": [round(v, 2) for v in load[0]],
@@ -134,6 +136,14 @@ def build_report(
                             "after it" if pairs else "core pipeline")})
         report["node_e2e_label_map_ms_p50"] = sig(first_p50)
         report["node_reference_pipeline_ms_p50"] = sig(baseline)
+    if here.confidence is not None:
+        overhead = here.confidence_overhead
+        report["confidence_overhead"] = {
+            "camera_size": size_text(camera), "overhead": sig(overhead),
+            "pipeline_ms_p50": sig(pipeline_ms), "with_confidence_ms_p50": sig(here.confidence.p50),
+            "target_max": TARGET_CONFIDENCE_OVERHEAD,
+            "met": overhead <= TARGET_CONFIDENCE_OVERHEAD,
+        }
     report["targets"] = targets
     return report
 
@@ -262,5 +272,12 @@ def format_report(report: dict[str, Any], core: list[SizeResult], transport: dic
             f"transport {report['transport_ms_p50']} + 10% of forward = "
             f"{targets['node_extra_budget_ms']} ms: {verdict}), "
             f"{targets['node_extra_all_outputs_ms']} ms to the last of three images")
+    confidence = report.get("confidence_overhead")
+    if confidence:
+        lines.append(
+            f"confidence map: the pipeline takes {confidence['with_confidence_ms_p50']} ms with "
+            f"it, {confidence['pipeline_ms_p50']} ms without: {100 * confidence['overhead']:+.1f}% "
+            f"(median per frame; target <= {100 * TARGET_CONFIDENCE_OVERHEAD:.0f}%: "
+            f"{'met' if confidence['met'] else 'MISSED'})")
     lines.append(f"run took {report['seconds']:.0f} s")
     return "\n".join(lines)

@@ -3,14 +3,16 @@ one publisher run matched to its outputs frame by frame (pure functions on their
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from seg_perception import topics
 from seg_perception.tools.bench.frames import Size
 from seg_perception.tools.bench.timing import Summary, sig, summarize
 
 SETTLE_S = 1.0  # outputs of the first second at a new size are warm-up
+Key = TypeVar("Key")
 
 
 @dataclass
@@ -113,3 +115,29 @@ def paired_extra(publish: dict, received: dict, reference: dict[int, float],
         "last_output_extra_ms": [sig((max(r.values()) - s) / 1e6 - reference[s] * 1e3)
                                  for s, r in frames],
     }
+
+
+def select_topics(received: dict, names: Sequence[str]) -> dict:
+    """A recorder's JSON cut down to the topics ``names`` (one camera's or one node's
+    outputs, when one recorder heard several)."""
+    index = {received["topics"].index(name): new for new, name in enumerate(names)}
+    return {"topics": list(names),
+            "records": [[index[t], stamp, receipt] for t, stamp, receipt in received["records"]
+                        if t in index]}
+
+
+def overlap_fps(receipts: Mapping[Key, Sequence[float]]) -> dict[Key, float]:
+    """Output rate of each stream while every stream ran: from the latest first receipt to
+    the earliest last one (s), each stream's (outputs - 1) / its own span inside it. Streams
+    fed at once start and end a little apart; this compares them over the same time. A
+    stream without outputs has rate 0 and no say in the span."""
+    spans = [(min(times), max(times)) for times in receipts.values() if times]
+    if not spans:
+        return {key: 0.0 for key in receipts}
+    start, end = max(first for first, _ in spans), min(last for _, last in spans)
+    rates = {}
+    for key, times in receipts.items():
+        inside = sorted(t for t in times if start <= t <= end)
+        span = inside[-1] - inside[0] if len(inside) > 1 else 0.0
+        rates[key] = (len(inside) - 1) / span if span > 0 else 0.0
+    return rates
