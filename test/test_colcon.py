@@ -129,10 +129,14 @@ def test_launch_file_declares_the_documented_arguments(launch_module):
     node = node.kwargs
     assert node["package"] == "seg_perception" and node["executable"] == "segmentation_node"
     assert node["name"] == "segmentation"
-    assert node["remappings"] == [("image", "/camera/image_raw")]
+    # camera_info beside the image, as image_transport places it
+    assert node["remappings"] == [("image", "/camera/image_raw"),
+                                  ("image/compressed", "/camera/image_raw/compressed"),
+                                  ("camera_info", "/camera/camera_info")]
     assert node["parameters"] == [str(share / "config" / "segmentation.yaml")]  # no overrides
-    assert node["additional_env"] == {
-        "FASTDDS_DEFAULT_PROFILES_FILE": str(share / "config" / "fastdds_shm.xml")}
+    # auto: the node's own choice (the user's FASTDDS_DEFAULT_PROFILES_FILE, else ours)
+    assert declared["fastdds_profile"] == "auto"
+    assert node["additional_env"] is None
 
 
 def test_launch_arguments_reach_the_node_as_parameter_values(launch_module):
@@ -141,13 +145,18 @@ def test_launch_arguments_reach_the_node_as_parameter_values(launch_module):
                         device="cuda:1", namespace="front", params_file="/tmp/mine.yaml",
                         fastdds_profile="", num_threads="1", cameras="[front, rear]")
     node = node.kwargs
-    assert node["remappings"] == [("image", "/front/image_raw")]
+    assert node["remappings"] == [("image", "/front/image_raw"),
+                                  ("image/compressed", "/front/image_raw/compressed"),
+                                  ("camera_info", "/front/camera_info")]
     assert node["namespace"] == "front"
     # Typed as a parameter file types them: an int and a list, not strings.
     assert node["parameters"] == ["/tmp/mine.yaml", {"model": "espnet-camvid",
                                                      "device": "cuda:1", "num_threads": 1,
                                                      "cameras": ["front", "rear"]}]
     assert node["additional_env"] is None
+    _, [node] = _launch(module, cameras="front", fastdds_profile="/tmp/my_profile.xml")
+    assert node.kwargs["parameters"][1] == {"cameras": ["front"]}  # one name: a list of one
+    assert node.kwargs["additional_env"] == {"FASTDDS_DEFAULT_PROFILES_FILE": "/tmp/my_profile.xml"}
 
 
 def test_managed_launch_configures_and_activates_unless_told_not_to(launch_module):
@@ -160,7 +169,10 @@ def test_managed_launch_configures_and_activates_unless_told_not_to(launch_modul
     assert node.kwargs["executable"] == "segmentation_lifecycle_node"
     assert configure.kwargs["event"].kwargs["transition_id"] == Transition.TRANSITION_CONFIGURE
     on_inactive = handler.args[0]
+    # only the start-up configure: a later deactivate also ends in inactive and must stay there
+    assert on_inactive.kwargs["start_state"] == "configuring"
     assert on_inactive.kwargs["goal_state"] == "inactive"
+    assert on_inactive.kwargs["handle_once"] is True
     [activate] = on_inactive.kwargs["entities"]
     assert activate.kwargs["event"].kwargs["transition_id"] == Transition.TRANSITION_ACTIVATE
     _, [unmanaged_start] = _launch(module, managed="true", autostart="false")

@@ -100,8 +100,12 @@ class CpuBackend(Backend):
                 with stage("smoothing"):
                     scores = smoother.update(scores, stamp_s)
             with stage("postprocess"):
+                exp_logits = None
+                if smoother is None and (request.confidence or request.min_confidence > 0):
+                    exp_logits = self._work.like("exp_logits", scores)
                 small_labels, small_conf = class_maps(scores, smoother is not None,
-                                                      request.confidence, request.min_confidence)
+                                                      request.confidence, request.min_confidence,
+                                                      exp_logits)
                 labels = self._upsampled(f"label_map{slot}", small_labels, height, width)
                 conf = None
                 if small_conf is not None:

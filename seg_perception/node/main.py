@@ -23,6 +23,9 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+_OWN_PROFILE_MARK = "SEG_PERCEPTION_OWN_FASTDDS_PROFILE"  # the profile this node chose itself
+
+
 def _use_large_data_profile() -> str:
     """The shipped Fast DDS profile for this process, unless the user chose one; one line.
 
@@ -33,9 +36,13 @@ def _use_large_data_profile() -> str:
     if os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
         return ""
     chosen = os.environ.get(PROFILE_ENV)
+    if os.environ.get(_OWN_PROFILE_MARK) == chosen:
+        chosen = None  # set by this process before a restart: still the node's own choice
     profile = use_fastdds_profile()
     if chosen:
         return f"Fast DDS profile: {chosen} ({PROFILE_ENV}, as set)"
+    if profile is not None:
+        os.environ[_OWN_PROFILE_MARK] = profile
     if profile is None:
         return (f"Fast DDS profile {PROFILE_NAME} not found: best-effort subscribers of large "
                 "images in other processes may lose them")
@@ -98,4 +105,7 @@ def _restart_unconfigured(args: list[str] | None, parameters: list[str]) -> None
     command = [sys.executable, "-m", "seg_perception.node", "--managed", *argv, *parameters]
     sys.stdout.flush()
     sys.stderr.flush()
+    # Fast DDS keeps shared-memory port lock files open: a new process must not inherit them
+    # (every later participant on the host would report the ports as taken).
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     os.execv(sys.executable, command)

@@ -42,6 +42,7 @@ from seg_perception.node.parameters import (
     parameter_text,
     parameter_values_of,
     show_class_names,
+    typed_like_schema,
 )
 from seg_perception.node.params import PARAMETERS, NodeSettings, ParameterError, resolve_settings
 from seg_perception.node.worker import FrameMailbox, InferenceWorker
@@ -84,6 +85,9 @@ class SegmentationNode(LifecycleNode):
     """
 
     def __init__(self, managed: bool = True, **kwargs: Any) -> None:
+        # Undeclared names may be set: a camera's own value (front.min_coverage) can be set at
+        # run time without a start-up override; the validation refuses every other name.
+        kwargs.setdefault("allow_undeclared_parameters", True)
         super().__init__(topics.NODE_NAME, enable_communication_interface=managed, **kwargs)
         self.problem = ""
         self._managed = managed
@@ -106,6 +110,7 @@ class SegmentationNode(LifecycleNode):
         self._announce: ActiveModel | None = None
         self._watch_timer: Any = None
         self._declare_parameters()
+        self.add_pre_set_parameters_callback(typed_like_schema)
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self._diagnostics = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)

@@ -24,7 +24,13 @@ from seg_perception.node.params import (
     split_camera_parameter,
 )
 
-__all__ = ["declare_parameters", "parameter_text", "parameter_values_of", "show_class_names"]
+__all__ = [
+    "declare_parameters",
+    "parameter_text",
+    "parameter_values_of",
+    "show_class_names",
+    "typed_like_schema",
+]
 
 _ROS_OWN = ("use_sim_time", "class_names")
 
@@ -70,6 +76,32 @@ def _override_problem(full_name: str, name: str, override: Any, exc: Exception) 
         except ParameterError as problem:
             return f"parameter '{full_name}': {problem.reason}"
     return f"parameter '{full_name}': " + " ".join(str(exc).split())
+
+
+def typed_like_schema(parameters: list[Parameter]) -> list[Parameter]:
+    """Values as the schema types them, before they are checked and stored: an integer for a
+    float parameter becomes a float (``ros2 param set ... overlay_alpha 1``), and a list the
+    ros2 CLI could only send as a string (``[0, 1, 0.5]``, mixed ints and floats) is read as
+    the YAML it is."""
+    defaults = parameter_defaults()
+    typed = []
+    for parameter in parameters:
+        split = split_camera_parameter(parameter.name)
+        default = defaults.get(split[1] if split else parameter.name)
+        value = parameter.value
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            parameter = Parameter(parameter.name, value=float(value))
+        elif isinstance(default, list) and isinstance(value, str):
+            try:
+                loaded = yaml.safe_load(value)
+            except yaml.YAMLError:
+                loaded = None
+            if isinstance(loaded, list) and all(isinstance(v, (int, float)) for v in loaded):
+                parameter = Parameter(parameter.name, value=[float(v) for v in loaded])
+            elif isinstance(loaded, list) and all(isinstance(v, str) for v in loaded):
+                parameter = Parameter(parameter.name, value=loaded)
+        typed.append(parameter)
+    return typed
 
 
 def parameter_text(value: Any) -> str:

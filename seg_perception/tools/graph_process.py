@@ -97,6 +97,10 @@ def publish_main(argv: Sequence[str]) -> int:
     parser.add_argument("--paired", action="store_true",
                         help="lockstep: after each frame print 'paired INDEX STAMP' and wait for "
                         "a line on stdin (excluded from --seconds)")
+    parser.add_argument("--ready", type=Path,
+                        help="created once the subscribers are matched (with --go: several "
+                        "publishers start together)")
+    parser.add_argument("--go", type=Path, help="wait until this file exists, then publish")
     args = parser.parse_args(argv)
     if (args.paired or args.counters_of) and not args.lockstep:
         parser.error("--paired and --counters-of need --lockstep")
@@ -109,6 +113,10 @@ def publish_main(argv: Sequence[str]) -> int:
         if args.lockstep:
             publisher.lockstep(args.lockstep, args.wait_timeout, args.counters_of)
         publisher.wait_for_subscribers(args.wait_subscribers, args.wait_timeout, args.same_qos)
+        if args.ready:
+            args.ready.touch()
+        if args.go:
+            ros.wait_for(args.go.exists, args.wait_timeout, f"the start signal {args.go}")
         frames = at_rate(messages, args.rate, count, args.frame_id)
         publisher.run(frames, seconds=args.seconds,
                       max_lag_s=1 / args.rate if args.rate > 0 else float("inf"),

@@ -78,13 +78,19 @@ class Graph:
         return self._messages[size]
 
     def start_publisher(self, size: Size, rate: float, seconds: float, topic: str,
-                        lockstep: str | None = None,
-                        paired: bool = False) -> tuple[ChildProcess, Path]:
-        """A publisher of dash-cam frames, best effort like a camera; (process, its JSON)."""
+                        lockstep: str | None = None, paired: bool = False,
+                        ready: Path | None = None,
+                        go: Path | None = None) -> tuple[ChildProcess, Path]:
+        """A publisher of dash-cam frames, best effort like a camera; (process, its JSON).
+
+        It publishes once every subscription asks for best effort (the node's subscription
+        follows its publishers' QoS: it re-subscribes when a publisher appears), and with
+        ``ready`` and ``go``, creates ``ready`` then and waits for ``go`` to exist."""
         out = self.path(f"sent-{size_text(size)}.json")
         command = publish_command(self.messages(size), topic, out, reliability="best_effort",
                                   depth=1, rate=rate, seconds=seconds, frame_id="camera",
-                                  lockstep=lockstep, paired=paired)
+                                  lockstep=lockstep, paired=paired, same_qos=True,
+                                  ready=ready, go=go)
         return self.start(command, "publisher", pipe=paired), out
 
     def publish(self, size: Size, rate: float, seconds: float, topic: str,
@@ -121,10 +127,20 @@ class Graph:
 
     def publish_together(self, size: Size, seconds: float,
                          feeds: Sequence[tuple[str, float, str | None]]) -> list[dict]:
-        """One publisher per (topic, rate, lockstep topic or None), all at once; their JSON."""
-        started = [self.start_publisher(size, rate, seconds, topic, lockstep)
-                   for topic, rate, lockstep in feeds]
+        """One publisher per (topic, rate, lockstep topic or None), all at once; their JSON.
+
+        Each starts publishing only once every one has its subscribers: their first frames
+        leave together, however long each took to start and match.
+        """
+        go = self.path("go")
+        readies = [self.path("ready") for _ in feeds]
+        started = [self.start_publisher(size, rate, seconds, topic, lockstep, ready=ready, go=go)
+                   for (topic, rate, lockstep), ready in zip(feeds, readies, strict=True)]
         try:
+            wait_for(lambda: all(r.exists() for r in readies)
+                     or any(p.poll() is not None for p, _ in started), 120.0,
+                     "the bench publishers to match")
+            go.touch()
             return [self.finish(publisher, out, seconds) for publisher, out in started]
         finally:
             for publisher, _ in started:

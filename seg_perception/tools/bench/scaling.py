@@ -94,8 +94,12 @@ def _rates(results: dict[str, StreamResult]) -> dict[str, float]:
 def measure_multi_camera(graph: Graph, args: argparse.Namespace, threads: int, loaded: Any,
                          log: Callable[[str], None]) -> dict[str, Any]:
     """A node with cameras [c0], [c0, c1], [c0, c1, c2], each camera fed by its own
-    publisher faster than the node (``--node-rate``; 0: full speed): total and per-camera
-    rates, the node's RSS; and what batching the cameras' frames gains."""
+    publisher faster than the node (``--node-rate``, 30 Hz; <= 0: full speed): total and
+    per-camera rates, the node's RSS; and what batching the cameras' frames gains.
+
+    Not full speed by default: a publisher flooding 720p frames keeps a core busy, and three
+    of them on two cores would measure the publishers more than the node.
+    """
     size = args.camera_size
     rate = max(args.node_rate or 0.0, 0.0)
     counts = {f"cameras{count}": count for count in CAMERA_COUNTS}
