@@ -27,7 +27,7 @@ CONDITIONS = ("quiet", "1 busy", "2 busy", "2nd instance")
 
 def bench_command(threads: int, frames: int, json_path: Path | None, model: str) -> list[str]:
     command = [sys.executable, "-m", "seg_perception.cli", "bench", "--model", model,
-               "--skip", "naive,transport,node,accuracy", "--sizes", "1280x720",
+               "--skip", "naive,transport,node,accuracy,confidence", "--sizes", "1280x720",
                "--camera-size", "1280x720", "--frames", str(frames), "--warmup", "2",
                "--threads", str(threads)]
     return command + (["--json", str(json_path)] if json_path else [])

@@ -23,14 +23,8 @@ import cv2
 from seg_perception import topics
 from seg_perception.core.image_codec import encode_image
 from seg_perception.shared_data import dashcam_stills, use_shared_torch_home
-from seg_perception.tools.rosgraph import (
-    ChildProcess,
-    FramePublisher,
-    Outgoing,
-    RosNode,
-    node_command,
-    ros_env,
-)
+from seg_perception.tools.frame_publisher import FramePublisher, Outgoing
+from seg_perception.tools.rosgraph import ChildProcess, RosNode, node_command, ros_env
 
 
 def one_start(model: str, cache: Path | None, workdir: Path) -> float:

@@ -121,6 +121,9 @@ def test_overloaded_cameras_take_turns(env, workdir, probe, nodes, dashcam_still
                 served.append((receipt, camera))
     served.sort()
     counts = {camera: sum(c == camera for _, c in served) for camera in CAMERAS}
+    shares = [f"{camera} {count} ({count / max(1, len(served)):.0%})"
+              for camera, count in counts.items()]
+    print("served while all three flooded: " + ", ".join(shares))
     assert len(served) >= 30, counts
     for count in counts.values():
         assert 0.25 <= count / len(served) <= 0.42, counts

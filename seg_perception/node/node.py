@@ -25,26 +25,20 @@ from rclpy.parameter import Parameter
 from std_msgs.msg import Header
 
 from seg_perception import topics
-from seg_perception.core.geometry import CalibrationError, metric_corridor
+from seg_perception.core.geometry import CalibrationError
 from seg_perception.core.stats import StarvationMonitor
 from seg_perception.errors import SegPerceptionError
 from seg_perception.node.diagnostics import camera_statuses, unconfigured_status
-from seg_perception.node.model_manager import (
-    ActiveModel,
-    ModelManager,
-    check_device,
-    check_model_source,
-    first_line,
-    set_threads,
-)
+from seg_perception.node.model_manager import ActiveModel, ModelManager, first_line, set_threads
 from seg_perception.node.parameters import (
+    check_parameter_change,
     declare_parameters,
     parameter_text,
     parameter_values_of,
     show_class_names,
     typed_like_schema,
 )
-from seg_perception.node.params import PARAMETERS, NodeSettings, ParameterError, resolve_settings
+from seg_perception.node.params import NodeSettings, ParameterError, resolve_settings
 from seg_perception.node.worker import FrameMailbox, InferenceWorker
 
 if TYPE_CHECKING:
@@ -152,31 +146,9 @@ class SegmentationNode(LifecycleNode):
             return SetParametersResult(successful=False,
                                        reason="class_names is read-only (it follows the model)")
         try:
-            settings, cameras = resolve_settings({**self._parameter_values(), **changes})
-            model = self._models.active
-            if model is not None:
-                with self._decision_lock:
-                    for camera in cameras.values():
-                        camera.vehicle_config(model.class_names)
-            for name, stream in self._cameras.items():
-                wanted = cameras[name].metric_corridor
-                if wanted and stream.state.camera is not None:
-                    try:
-                        metric_corridor(stream.state.camera, *wanted)
-                    except CalibrationError as exc:
-                        raise ParameterError("corridor_m", str(exc)) from None
-            old = self._settings
-            if model is not None and old is not None and (
-                    settings.device, settings.device_fallback) != (old.device,
-                                                                   old.device_fallback):
-                check_device(settings)  # torch is loaded: the machine's devices can be asked
-            if old is not None and settings.changed(old, "reload"):
-                check_model_source(settings)
-                if self._models.loading is not None:
-                    raise ParameterError(next(n for n in changes if n in PARAMETERS
-                                              and PARAMETERS[n].reload),
-                                         f"a model load ({self._models.loading}) is in "
-                                         "progress: try again when it is done")
+            check_parameter_change({**self._parameter_values(), **changes}, list(changes),
+                                   self._settings, self._models, self._cameras,
+                                   self._decision_lock)
         except ParameterError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)

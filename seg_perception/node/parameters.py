@@ -8,23 +8,32 @@ start-up is declared with its descriptor, an override rclpy refuses becomes a on
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.parameter import Parameter
 
+from seg_perception.core.geometry import CalibrationError, metric_corridor
+from seg_perception.node.model_manager import ModelManager, check_device, check_model_source
 from seg_perception.node.params import (
     PARAMETERS,
+    NodeSettings,
     ParameterError,
     descriptor,
     parameter_defaults,
+    resolve_settings,
     settings_from,
     split_camera_parameter,
 )
 
+if TYPE_CHECKING:
+    from seg_perception.node.camera import CameraStream
+
 __all__ = [
+    "check_parameter_change",
     "declare_parameters",
     "parameter_text",
     "parameter_values_of",
@@ -131,3 +140,38 @@ def show_class_names(node: Any, class_names: tuple[str, ...]) -> None:
             descriptors={"class_names": node.describe_parameter("class_names")})
     except Exception as exc:  # noqa: BLE001 - rclpy internals: report, do not crash
         node.get_logger().warning(f"could not update class_names: {exc}")
+
+
+def check_parameter_change(values: Mapping[str, Any], changed: Sequence[str],
+                           old: NodeSettings | None, models: ModelManager,
+                           cameras: Mapping[str, CameraStream],
+                           decision_lock: threading.Lock) -> None:
+    """ParameterError when the parameters ``values`` (after a set of ``changed``) cannot run
+    on the node as it is: vehicle classes absent from the active model, a metric corridor
+    outside a calibrated camera's view, an unusable device or model source, or a model
+    reload while one is already loading. Nothing is applied here."""
+    settings, camera_settings = resolve_settings(dict(values))
+    model = models.active
+    if model is not None:
+        with decision_lock:
+            for camera in camera_settings.values():
+                camera.vehicle_config(model.class_names)
+    for name, stream in cameras.items():
+        wanted = camera_settings[name].metric_corridor
+        if wanted and stream.state.camera is not None:
+            try:
+                metric_corridor(stream.state.camera, *wanted)
+            except CalibrationError as exc:
+                raise ParameterError("corridor_m", str(exc)) from None
+    if old is None:
+        return
+    if model is not None and ((settings.device, settings.device_fallback)
+                              != (old.device, old.device_fallback)):
+        check_device(settings)  # torch is loaded: the machine's devices can be asked
+    if settings.changed(old, "reload"):
+        check_model_source(settings)
+        if models.loading is not None:
+            raise ParameterError(next(n for n in changed if n in PARAMETERS
+                                      and PARAMETERS[n].reload),
+                                 f"a model load ({models.loading}) is in progress: try again "
+                                 "when it is done")

@@ -20,14 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from seg_perception.tools.rosgraph import (
-    FramePublisher,
-    NodeCounters,
-    RosNode,
-    Stopped,
-    TopicRecorder,
-    at_rate,
-)
+from seg_perception.tools.frame_publisher import FramePublisher, at_rate
+from seg_perception.tools.rosgraph import NodeCounters, RosNode, Stopped, TopicRecorder
 
 MODULE = "seg_perception.tools.graph_process"
 LINGER_S = 0.3  # after the last frame / before "ready": what is in flight arrives

@@ -33,7 +33,7 @@ from seg_perception.checks import number_type
 
 if TYPE_CHECKING:
     from seg_perception.sources import FrameSource
-    from seg_perception.tools.rosgraph import FramePublisher, Outgoing
+    from seg_perception.tools.frame_publisher import FramePublisher, Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _messages(camera: Camera, args: argparse.Namespace) -> Iterator[Outgoing]:
     from std_msgs.msg import Header
 
     from seg_perception.core.image_codec import encode_image
-    from seg_perception.tools.rosgraph import Outgoing
+    from seg_perception.tools.frame_publisher import Outgoing
 
     frames = camera.source.frames(loop=args.loop)
     for frame in islice(frames, args.count) if args.count else frames:
@@ -278,7 +278,8 @@ def run(args: argparse.Namespace) -> int:
 
     from sensor_msgs.msg import Image
 
-    from seg_perception.tools.rosgraph import FramePublisher, RosNode, Stopped
+    from seg_perception.tools.frame_publisher import FramePublisher
+    from seg_perception.tools.rosgraph import RosNode, Stopped
 
     ros = None
     try:
