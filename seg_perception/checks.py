@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import operator
 import os
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from seg_perception.errors import UsageError
 
@@ -35,6 +36,18 @@ InputPaths = Mapping[str, "Path | str | Iterable[Path] | None"]
 
 class OutputPathError(UsageError):
     """An output path cannot be written (a folder, an input, under a file, not writable)."""
+
+
+def strict_integer(value: Any, what: str = "") -> int:
+    """``value`` as an int: ints and integer-like numbers (numpy), never a bool or a float;
+    ValueError "[<what>] must be an integer, got ..." otherwise."""
+    subject = f"{what} " if what else ""
+    if isinstance(value, bool):
+        raise ValueError(f"{subject}must be an integer, got a bool ({value})")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{subject}must be an integer, got {value!r}") from None
 
 
 # --- paths ------------------------------------------------------------------------------------

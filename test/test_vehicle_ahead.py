@@ -476,7 +476,7 @@ def test_detector_reconfigure_keeps_state() -> None:
         ({"frames_on": 0}, "frames_on"),
         ({"frames_off": 0}, "frames_off"),
         ({"vehicle_ids": (-3,)}, ">= 0"),
-        ({"vehicle_ids": (1.5,)}, "integers"),
+        ({"vehicle_ids": (1.5,)}, "vehicle id must be an integer"),
         ({"corridor": ((0.0, 0.0), (1.0, 1.0))}, "at least 3"),
         ({"min_blob_fraction": -0.01}, r"\[0, 1\)"),
         ({"min_blob_fraction": 1.0}, r"\[0, 1\)"),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from seg_perception.checks import strict_integer
 from seg_perception.errors import SegPerceptionError
 
 if TYPE_CHECKING:  # torch is loaded only for device masks: the geometry checks need none
@@ -241,12 +241,7 @@ class Corridor:
 
 
 def _check_size(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a non-negative integer, got a bool")
-    try:
-        result = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}") from None
+    result = strict_integer(value, name)
     if result < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {result}")
     return result

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from seg_perception.checks import strict_integer
 from seg_perception.core.corridor import DEFAULT_CORRIDOR, Corridor
 from seg_perception.errors import SegPerceptionError
 
@@ -95,12 +96,7 @@ def validate_vehicle_ids(ids: Any) -> tuple[int, ...]:
         raise ValueError(f"vehicle ids must be a list of integers, got {ids!r}") from None
     result = set()
     for item in items:
-        if isinstance(item, bool):
-            raise ValueError(f"vehicle ids must be integers, got a bool ({item})")
-        try:
-            value = operator.index(item)
-        except TypeError:
-            raise ValueError(f"vehicle ids must be integers, got {item!r}") from None
+        value = strict_integer(item, "a vehicle id")
         if value < 0:
             raise ValueError(f"vehicle ids must be >= 0 (class ids), got {value}")
         result.add(value)

@@ -11,12 +11,12 @@ Adding a parameter is one field here plus one line in the YAML.
 from __future__ import annotations
 
 import math
-import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
+from seg_perception.checks import strict_integer
 from seg_perception.core.corridor import DEFAULT_CORRIDOR, Corridor
 from seg_perception.core.vehicle_config import (
     DEFAULT_MIN_COVERAGE,
@@ -332,12 +332,7 @@ def _check(name: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"must be true or false, got {value!r}")
     elif isinstance(default, int):
-        if isinstance(value, bool):
-            raise ValueError(f"must be an integer, got {value!r}")
-        try:
-            value = operator.index(value)
-        except TypeError:
-            raise ValueError(f"must be an integer, got {value!r}") from None
+        value = strict_integer(value)
     elif isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"must be a number, got {value!r}")
