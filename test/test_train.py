@@ -141,6 +141,28 @@ def test_resume_continues_from_the_saved_epoch(trained, camvid, tmp_path):
         "training"]["epochs_run"] == 2
 
 
+def test_export_last_writes_the_final_epoch(trained, camvid, tmp_path):
+    """``--export last`` writes the end of the schedule, whichever epoch scored best on val."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained.parent / "camvid-ft_training", run_dir)
+    out = tmp_path / "last.pt"
+    assert train(*folders(camvid), "--classes", "camvid", "--out", str(out), "--run-dir",
+                 str(run_dir), "--epochs", "2", "--resume", "--export", "last", *QUICK) == 0
+    network, metadata = load_source_model(str(out))
+    assert state_digest(network) == state_digest_of(run_dir / LAST)
+    training = metadata.extra["training"]
+    assert (training["export"], training["exported_epoch"], training["epochs_run"]) == (
+        "last", 2, 2)
+    assert training["best_epoch"] == load_checkpoint(run_dir / BEST)["state"]["epoch"]
+
+
+def state_digest_of(checkpoint: Path) -> str:
+    payload = load_checkpoint(checkpoint)
+    network = EspNetArchitecture.from_dict(payload["architecture"]).build()
+    network.load_state_dict(payload["model"])
+    return state_digest(network)
+
+
 def test_new_head_starts_from_the_mapped_classes():
     network, source = load_source_model("espnet-cityscapes")
     old = network.classifier.weight.detach().clone()

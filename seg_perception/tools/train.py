@@ -22,11 +22,11 @@ _DEFAULTS = TrainConfig()
 _CLASS_FILE = "\n".join("    " + line for line in CLASS_FILE_EXAMPLE.splitlines())
 EPILOG = f"""examples:
   # CamVid from the Cityscapes model: new 12-class head, the 60-minute recipe on 2 CPU cores
-  # (the lr decays to 0 at 55 min, so the last epochs are the best: no early stop)
+  # (the lr decays to 0 at 55 min: no early stop, and the final weights are exported)
   seg-perception train --images ../shared/data/camvid/train \\
       --labels ../shared/data/camvid/trainannot --val-images ../shared/data/camvid/val \\
       --val-labels ../shared/data/camvid/valannot --classes camvid --out camvid-ft.pt \\
-      --time-budget 55 --epochs 100 --patience 0
+      --time-budget 55 --epochs 100 --patience 0 --export last
   # a quick look: 8 images, one epoch
   seg-perception train --images IMG --labels LBL --classes camvid --out quick.pt \\
       --limit 8 --epochs 1 --batch-size 4
@@ -54,7 +54,8 @@ training: Adam (or SGD), lr poly-decayed over --epochs or over --time-budget (wh
   After each epoch: val mIoU, checkpoint, log; early stop after --patience epochs without
   a better val mIoU.
 
-outputs: --out, the best epoch exported (loads in every tool and the node); in --run-dir
+outputs: --out, the best epoch (or with --export last the last one) exported (loads in every
+  tool and the node); in --run-dir
   (default <out>_training/): {LAST}, {BEST} (checkpoints, for --resume), {LOG_CSV},
   {CURVES_PNG}, eval/ (seg-perception eval of --out on the val images) and {SUMMARY_JSON}.
 """
@@ -116,6 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--out", type=Path, required=True, metavar="FILE",
                      help="the exported model (TorchScript with metadata); an existing file is "
                      "replaced (one line says so), never one of the inputs")
+    out.add_argument("--export", choices=("best", "last"), default="best",
+                     help="the epoch written to --out: best (highest val mIoU; default) or last "
+                     "(the end of the lr schedule; the val set did not choose it)")
     out.add_argument("--run-dir", type=Path, metavar="DIR",
                      help="checkpoints, log and curves (default <out>_training/)")
     out.add_argument("--resume", action="store_true",
@@ -140,7 +144,7 @@ def request_from_args(args: argparse.Namespace) -> FineTuneRequest:
         val_labels=args.val_labels, config=config, limit=args.limit,
         input_size=args.input_size, crop=args.crop, mapping=args.mapping,
         freeze_encoder=args.freeze_encoder, dataset_normalisation=not args.keep_normalisation,
-        resume=args.resume, show_progress=not args.no_progress,
+        resume=args.resume, export=args.export, show_progress=not args.no_progress,
     )
 
 
@@ -158,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
         ctx.close()
     if summary is None:
         return 0
-    line = f"best epoch {summary['best_epoch']} of {summary['epochs_run']}"
+    line = (f"{summary['export']} epoch {summary['exported_epoch']} of {summary['epochs_run']}"
+            f" (best val mIoU: epoch {summary['best_epoch']})")
     if summary.get("val_miou") is not None:
         line += f": trainer val mIoU {summary['val_miou']:.3f}"
     evaluated = summary.get("eval")

@@ -72,6 +72,7 @@ class FineTuneRequest:
     freeze_encoder: bool = False
     dataset_normalisation: bool = True
     resume: bool = False
+    export: str = "best"  # which checkpoint becomes --out: "best" (val mIoU) or "last"
     show_progress: bool = True
 
 
@@ -218,16 +219,17 @@ def describe(state: RunState, names: tuple[str, ...]) -> str:
 
 def finish(request: FineTuneRequest, label_set: LabelSet, state: RunState,
            metadata: ModelMetadata, digests: list[str], inputs: Inputs) -> dict[str, Any]:
-    """Export the best epoch to ``--out`` and measure that file with ``seg-perception eval``."""
-    best = load_checkpoint(request.run_dir / BEST)
-    network = EspNetArchitecture.from_dict(best["architecture"]).build()
-    network.load_state_dict(best["model"])
-    best_state = RunState.from_dict(best["state"])
-    record = best_state.history[-1]
+    """Export the chosen epoch (``request.export``: best or last) to ``--out`` and measure
+    that file with ``seg-perception eval``."""
+    chosen = load_checkpoint(request.run_dir / (LAST if request.export == "last" else BEST))
+    network = EspNetArchitecture.from_dict(chosen["architecture"]).build()
+    network.load_state_dict(chosen["model"])
+    record = RunState.from_dict(chosen["state"]).history[-1]
     training = {
         "images": str(request.images), "train_pairs":
         len(inputs.train.samples), "val_images": str(request.val_images or ""),
-        "best_epoch": record.epoch, "epochs_run": state.epoch, "iterations": record.iterations,
+        "export": request.export, "exported_epoch": record.epoch,
+        "best_epoch": state.best_epoch, "epochs_run": state.epoch, "iterations": record.iterations,
         "seconds": round(record.elapsed_s, 1), "val_miou": _finite(record.val_miou),
         "seed": request.config.seed, "processes": len(digests),
     }
