@@ -415,7 +415,15 @@ def _child(argv: list[str], env: dict[str, str], cwd: str, logs: str, trap: bool
         torch.jit.load = torch.jit.script = torch.jit.trace = _trap
     from seg_perception.cli import main
 
-    sys.exit(main(argv))
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse's usage errors
+        code = stop.code
+    code = code if isinstance(code, int) else 0 if code is None else 1
+    # The forkserver can lose a child's exit status on a busy machine and report 255
+    # (python/cpython#140867): the child also writes its own, for _run.
+    Path(f"{logs}.rc").write_text(str(code))
+    sys.exit(code)
 
 
 @dataclass
@@ -440,6 +448,9 @@ def _run(case: Case, prepared: dict, ws: Path, logs: Path) -> Outcome:
         if code is None:
             process.kill()
             process.join()
+        recorded = Path(f"{logs}.rc")
+        if code == 255 and recorded.is_file():  # see _child
+            code = int(recorded.read_text())
     return Outcome(code, *(Path(f"{logs}.{n}").read_text(errors="replace")
                            for n in ("stdout", "stderr")))
 
