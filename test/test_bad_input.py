@@ -1,9 +1,10 @@
 """Bad input at every tool and the node: one clear line, exit 2, nothing lost, nothing left.
 
-One table of cases. Each names a command (``seg-perception`` argv, or the node's ``--ros-args``),
-the exit code, a fragment of its message, and what it may write: a failing command must leave
-its working folder exactly as it was (inputs untouched, no partial files). Every case runs in a
-folder of its own (a copy of one prepared template) and in a process of its own.
+One table of cases, ``bad_input_cases.yaml``. Each names a command (``seg-perception`` argv, or
+the node's ``--ros-args``), the exit code, a fragment of its message, and what it may write: a
+failing command must leave its working folder exactly as it was (inputs untouched, no partial
+files). Every case runs in a folder of its own (a copy of one prepared template) and in a
+process of its own.
 
 Tool cases are forked from a server process that imported torch and the tools once: a fresh
 interpreter per case would spend ~2 s importing torch, 100+ times. Cases that must fail fast
@@ -17,6 +18,7 @@ import hashlib
 import multiprocessing
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from seg_perception.shared_data import shared_dir
 
@@ -59,251 +62,32 @@ class Case:
     node: bool = False
 
 
-def tool(case_id: str, command: str, message: str, **kwargs) -> Case:
-    return Case(case_id, tuple(_split(command)), message=message, **kwargs)
+CASES_FILE = Path(__file__).with_name("bad_input_cases.yaml")
 
 
-def node(case_id: str, ros_args: str, message: str, **kwargs) -> Case:
-    return Case(case_id, tuple(_split(ros_args)), message=message, node=True, **kwargs)
+def load_cases(path: Path = CASES_FILE) -> list[Case]:
+    """The table: one row per case, its shorthand ``{NAME}``s expanded (``{ws}`` is kept for
+    :func:`_prepare`)."""
+    table = yaml.safe_load(path.read_text())
+    shorthand: dict[str, str] = table["shorthand"]
+
+    def expand(text: str) -> str:
+        while names := [name for name in shorthand if f"{{{name}}}" in text]:
+            for name in names:
+                text = text.replace(f"{{{name}}}", shorthand[name])
+        return text
+
+    cases = []
+    for row in table["cases"]:
+        row = dict(row)
+        is_node = "ros_args" in row
+        argv = tuple(shlex.split(expand(row.pop("ros_args" if is_node else "run"))))
+        cases.append(Case(argv=argv, node=is_node, writes=tuple(row.pop("writes", ())),
+                          absent=tuple(row.pop("absent", ())), **row))
+    return cases
 
 
-def _split(command: str) -> list[str]:
-    import shlex
-
-    return shlex.split(command)
-
-
-EXPORT = "export espnet-camvid"
-EXPORT_RANDOM = "export espnet-camvid --no-pretrained"
-WEIGHTS = "--weights {ws}/weights.pth"
-EVAL = "eval --images {ws}/images --labels {ws}/labels --model {ws}/exported.pt"
-EVAL_ON = "eval --images {ws}/images --model {ws}/exported.pt --labels"
-TRAIN = ("train --images {ws}/images --labels {ws}/labels --classes camvid --epochs 1 "
-         "--batch-size 2")
-TRAIN_OUT = TRAIN + " --out {ws}/new.pt"
-PLAY = "play {ws}/images"
-BENCH = "bench --model {ws}/exported.pt --skip naive,transport,node,accuracy --frames 1"
-DEMO = "demo --model {ws}/exported.pt"
-NOT_A_FOLDER = "not a folder"
-BAD_CACHE = {"SEG_PERCEPTION_CACHE": "{ws}/afile/cache"}
-MODEL_MISSING = "-p model:={ws}/missing.pt"
-
-CASES: list[Case] = [
-    # --- export: outputs ------------------------------------------------------------------
-    tool("export-o-is-weights", f"{EXPORT} {WEIGHTS} -o {{ws}}/weights.pth", "--weights"),
-    tool("export-o-is-weights-alias", f"{EXPORT} {WEIGHTS} -o {{ws}}/./images/../weights.pth",
-         "--weights"),
-    tool("export-o-is-check-image", f"{EXPORT_RANDOM} --check-image {{ws}}/images/a.png "
-         "-o {ws}/images/a.png", "--check-image"),
-    tool("export-o-is-dir", f"{EXPORT_RANDOM} -o {{ws}}/existing_dir.pt", "folder",
-         absent=("existing_dir.pt.part",)),
-    tool("export-o-empty", f"{EXPORT_RANDOM} -o ''", "folder"),
-    tool("export-o-under-file", f"{EXPORT_RANDOM} -o {{ws}}/afile/x.pt", NOT_A_FOLDER),
-    tool("export-o-missing", EXPORT_RANDOM, "required"),
-    tool("export-o-replaces", f"{EXPORT_RANDOM} -o {{ws}}/old.pt", "replac", code=0,
-         writes=("old.pt",), slow=True),
-    # --- export: --weights ----------------------------------------------------------------
-    tool("export-weights-text", f"{EXPORT} --weights {{ws}}/text.pth -o {{ws}}/o.pt",
-         "checkpoint"),
-    tool("export-weights-random", f"{EXPORT} --weights {{ws}}/random.pth -o {{ws}}/o.pt",
-         "checkpoint"),
-    tool("export-weights-torchscript", f"{EXPORT} --weights {{ws}}/exported.pt -o {{ws}}/o.pt",
-         "exported model, not a checkpoint"),
-    tool("export-weights-dir", f"{EXPORT} --weights {{ws}}/existing_dir.pt -o {{ws}}/o.pt",
-         "folder"),
-    tool("export-weights-missing", f"{EXPORT} --weights {{ws}}/missing.pth -o {{ws}}/o.pt",
-         "missing.pth"),
-    tool("export-weights-empty-file", f"{EXPORT} --weights {{ws}}/empty.pth -o {{ws}}/o.pt",
-         "checkpoint"),
-    tool("export-weights-not-state-dict", f"{EXPORT} --weights {{ws}}/list.pth -o {{ws}}/o.pt",
-         "state_dict"),
-    tool("export-weights-wrong-arch",
-         f"export espnet-cityscapes {WEIGHTS} -o {{ws}}/o.pt", "does not fit"),
-    tool("export-weights-wrong-classes", f"{EXPORT} {WEIGHTS} --num-classes 5 -o {{ws}}/o.pt",
-         "does not fit"),
-    tool("export-weights-and-no-pretrained", f"{EXPORT_RANDOM} {WEIGHTS} -o {{ws}}/o.pt",
-         "--no-pretrained"),
-    # --- export: classes and sizes --------------------------------------------------------
-    tool("export-classes-without-weights",
-         f"{EXPORT} --num-classes 5 --class-names a,b,c,d,e -o {{ws}}/o.pt", "--weights"),
-    tool("export-num-classes-without-weights", f"{EXPORT} --num-classes 5 -o {{ws}}/o.pt",
-         "--weights"),
-    tool("export-names-without-weights", f"{EXPORT} --class-names a,b -o {{ws}}/o.pt",
-         "--weights"),
-    tool("export-num-classes-0", f"{EXPORT} {WEIGHTS} --num-classes 0 -o {{ws}}/o.pt",
-         "--num-classes"),
-    tool("export-num-classes-negative", f"{EXPORT} {WEIGHTS} --num-classes -3 -o {{ws}}/o.pt",
-         "--num-classes"),
-    tool("export-num-classes-huge", f"{EXPORT} {WEIGHTS} --num-classes 300 -o {{ws}}/o.pt",
-         "--num-classes"),
-    tool("export-names-duplicate", f"{EXPORT} {WEIGHTS} --class-names a,a,b -o {{ws}}/o.pt",
-         "'a'"),
-    tool("export-names-empty-name", f"{EXPORT} {WEIGHTS} --class-names a,,b -o {{ws}}/o.pt",
-         "empty"),
-    tool("export-names-count-mismatch",
-         f"{EXPORT} {WEIGHTS} --class-names a,b --num-classes 3 -o {{ws}}/o.pt", "2 names"),
-    tool("export-size-not-multiple", f"{EXPORT_RANDOM} --input-size 7x3 -o {{ws}}/o.pt",
-         "multiple of 8"),
-    tool("export-size-zero", f"{EXPORT_RANDOM} --input-size 0x16 -o {{ws}}/o.pt", "positive"),
-    tool("export-size-words", f"{EXPORT_RANDOM} --input-size big -o {{ws}}/o.pt", "1024x512"),
-    tool("export-size-absurd", f"{EXPORT_RANDOM} --input-size 100000x100000 -o {{ws}}/o.pt",
-         "too large"),
-    tool("export-check-image-missing",
-         f"{EXPORT_RANDOM} --check-image {{ws}}/missing.png -o {{ws}}/o.pt", "missing.png"),
-    tool("export-check-image-not-image",
-         f"{EXPORT_RANDOM} --check-image {{ws}}/text.pth -o {{ws}}/o.pt", "text.pth"),
-    tool("export-unknown-arch", "export nosuch -o {ws}/o.pt", "invalid choice"),
-    tool("export-cache-under-file", "eval --images {ws}/images --labels {ws}/labels "
-         "--model espnet-camvid -o {ws}/out", "SEG_PERCEPTION_CACHE", env=BAD_CACHE),
-    # --- eval: outputs --------------------------------------------------------------------
-    tool("eval-o-is-file", f"{EVAL} -o {{ws}}/afile", NOT_A_FOLDER),
-    tool("eval-o-under-file", f"{EVAL} -o {{ws}}/afile/sub", NOT_A_FOLDER),
-    tool("eval-o-is-input", f"{EVAL} -o {{ws}}/labels", "--labels"),
-    tool("eval-no-report-old-report", f"{EVAL} --no-report --no-progress -o {{ws}}/report",
-         "removed", code=0, writes=("report",), slow=True,
-         absent=("report/report.md", "report/confusion_matrix.png")),
-    # --- eval: numbers and sizes ----------------------------------------------------------
-    tool("eval-limit-negative", f"{EVAL} --limit -1", "--limit"),
-    tool("eval-worst-negative", f"{EVAL} --worst -1", "--worst"),
-    tool("eval-threads-negative", f"{EVAL} --threads -1", "--threads"),
-    tool("eval-size-absurd", f"{EVAL} --input-size 100000x100000", "too large"),
-    tool("eval-size-malformed", f"{EVAL} --input-size 100x", "1024x512"),
-    tool("eval-min-coverage", f"{EVAL} --min-coverage 2", "min-coverage"),
-    tool("eval-min-blob-fraction", f"{EVAL} --min-blob-fraction -1", "min-blob-fraction"),
-    tool("eval-corridor-words", f"{EVAL} --corridor a,b,c", "--corridor"),
-    tool("eval-corridor-two-points", f"{EVAL} --corridor 0,0,1,1", "corridor"),
-    tool("eval-precision-fp16-cpu", f"{EVAL} --device cpu --precision fp16", "fp16"),
-    tool("eval-device-bogus", f"{EVAL} --device bogus", "bogus"),
-    tool("eval-dataset-unknown", f"{EVAL} --dataset nosuch", "invalid choice"),
-    tool("eval-mapping-missing", f"{EVAL} --mapping {{ws}}/missing.yaml", "missing.yaml"),
-    tool("eval-mapping-dir", f"{EVAL} --mapping {{ws}}/existing_dir.pt", "existing_dir.pt"),
-    # --- eval: data -----------------------------------------------------------------------
-    tool("eval-labels-out-of-range", f"{EVAL_ON} {{ws}}/labels_out_of_range",
-         "no labelled pixel"),
-    tool("eval-labels-all-void", f"{EVAL_ON} {{ws}}/labels_void", "no labelled pixel"),
-    tool("eval-labels-16bit", f"{EVAL_ON} {{ws}}/labels_16bit", "labels_16bit/a.png"),
-    tool("eval-labels-colour", f"{EVAL_ON} {{ws}}/images", "single-channel"),
-    tool("eval-labels-undecodable", f"{EVAL_ON} {{ws}}/labels_broken", "labels_broken/a.png"),
-    tool("eval-labels-float", f"{EVAL_ON} {{ws}}/labels_float", "labels_float/a.tiff"),
-    tool("eval-labels-missing-one", f"{EVAL_ON} {{ws}}/labels_partial", "no label image"),
-    tool("eval-labels-is-file", f"{EVAL_ON} {{ws}}/afile", "--labels"),
-    tool("eval-images-missing", "eval --images {ws}/missing --labels {ws}/labels", "--images"),
-    tool("eval-images-empty", "eval --images {ws}/empty_dir --labels {ws}/labels", "no images"),
-    tool("eval-images-labels-unpaired",
-         f"{EVAL} --images {{ws}}/images", "in pairs"),
-    tool("eval-labels-wrong-size", f"{EVAL_ON} {{ws}}/labels_small --no-progress -o {{ws}}/out",
-         "size", slow=True),
-    tool("eval-labels-warn-and-16bit-ok", f"{EVAL_ON} {{ws}}/labels_warn --no-report "
-         "--no-progress -o {ws}/out", "labels_warn/b.png", code=0, writes=("out",), slow=True),
-    tool("eval-model-missing", f"{EVAL} --model {{ws}}/missing.pt", "missing.pt"),
-    tool("eval-model-text", f"{EVAL} --model {{ws}}/text.pth", "not a TorchScript", slow=True),
-    tool("eval-model-checkpoint", f"{EVAL} --model {{ws}}/weights.pth", "checkpoint",
-         slow=True),
-    tool("eval-model-dir", f"{EVAL} --model {{ws}}/existing_dir.pt", "not a file"),
-    tool("eval-no-arguments", "eval", "required"),
-    # --- play -----------------------------------------------------------------------------
-    tool("play-topic-invalid", f"{PLAY} --topic 'bad topic!'", "topic"),
-    tool("play-topic-empty", f"{PLAY} --topic ''", "topic"),
-    tool("play-lockstep-invalid", f"{PLAY} --lockstep 'bad topic!'", "--lockstep"),
-    tool("play-node-name-invalid", f"{PLAY} --node-name bad-name", "--node-name"),
-    tool("play-source-missing", "play {ws}/missing.mp4", "missing.mp4"),
-    tool("play-source-not-media", "play {ws}/text.pth", "text.pth"),
-    tool("play-source-empty-dir", "play {ws}/empty_dir", "empty_dir"),
-    tool("play-rate-zero", f"{PLAY} --rate 0", "positive"),
-    tool("play-rate-negative", f"{PLAY} --rate -5", "positive"),
-    tool("play-count-negative", f"{PLAY} --count -1", "--count"),
-    tool("play-depth-zero", f"{PLAY} --depth 0", "--depth"),
-    tool("play-resize-zero", f"{PLAY} --resize 0x0", "positive"),
-    tool("play-resize-absurd", f"{PLAY} --resize 100000x100000", "too large"),
-    tool("play-wait-timeout-zero", f"{PLAY} --wait-timeout 0", "positive"),
-    tool("play-lockstep-timeout-negative", f"{PLAY} --lockstep-timeout -1", "positive"),
-    tool("play-start-delay-negative", f"{PLAY} --start-delay -1", "--start-delay"),
-    tool("play-wait-subscribers-negative", f"{PLAY} --wait-subscribers -1",
-         "--wait-subscribers"),
-    tool("play-encoding-unknown", f"{PLAY} --encoding yuv", "invalid choice"),
-    tool("play-no-source", "play", "required"),
-    # --- bench ----------------------------------------------------------------------------
-    tool("bench-json-is-dir", f"{BENCH} --json {{ws}}/existing_dir.pt", "folder"),
-    tool("bench-json-under-file", f"{BENCH} --json {{ws}}/afile/x.json", NOT_A_FOLDER),
-    tool("bench-json-empty", f"{BENCH} --json ''", "folder"),
-    tool("bench-json-is-model", f"{BENCH} --json {{ws}}/exported.pt", "--model"),
-    tool("bench-threads-negative", f"{BENCH} --threads -1", "--threads"),
-    tool("bench-frames-zero", "bench --frames 0", "--frames"),
-    tool("bench-warmup-negative", "bench --warmup -1", "--warmup"),
-    tool("bench-sizes-zero", "bench --sizes 0x0", "positive"),
-    tool("bench-sizes-absurd", "bench --sizes 100000x100000", "too large"),
-    tool("bench-skip-unknown", "bench --skip bogus", "cannot skip"),
-    tool("bench-soak-zero", f"{BENCH} --soak 0", "--soak"),
-    tool("bench-accuracy-images-negative", f"{BENCH} --accuracy-images -1",
-         "--accuracy-images"),
-    tool("bench-alpha", f"{BENCH} --alpha 2", "--alpha"),
-    tool("bench-domain-id", f"{BENCH} --domain-id 500", "--domain-id"),
-    tool("bench-node-seconds", f"{BENCH} --node-seconds 0", "--node-seconds"),
-    tool("bench-model-missing", "bench --model {ws}/missing.pt --frames 1", "missing.pt"),
-    tool("bench-cache-under-file", "bench --model espnet-camvid --frames 1 "
-         "--skip naive,transport,node,accuracy", "SEG_PERCEPTION_CACHE", env=BAD_CACHE),
-    # --- demo -----------------------------------------------------------------------------
-    tool("demo-out-under-file", f"{DEMO} --out {{ws}}/afile/x", NOT_A_FOLDER),
-    tool("demo-out-is-file", f"{DEMO} --out {{ws}}/afile", NOT_A_FOLDER),
-    tool("demo-out-is-input", f"{DEMO} --only stills --stills {{ws}}/images --out {{ws}}/images",
-         "--stills"),
-    tool("demo-rate-zero", f"{DEMO} --rate 0", "--rate"),
-    tool("demo-max-frames-negative", f"{DEMO} --max-frames -1", "--max-frames"),
-    tool("demo-video-missing", f"{DEMO} --only video --video {{ws}}/missing.mp4", "missing.mp4"),
-    tool("demo-stills-missing", f"{DEMO} --only stills --stills {{ws}}/missing", "missing"),
-    tool("demo-stills-is-file", f"{DEMO} --only stills --stills {{ws}}/images/a.png", "folder"),
-    tool("demo-params-file-missing", "demo --params-file {ws}/missing.yaml --out {ws}/out",
-         "missing.yaml"),
-    tool("demo-model-missing", "demo --model {ws}/missing.pt --out {ws}/out", "missing.pt"),
-    tool("demo-startup-timeout-zero", f"{DEMO} --startup-timeout 0", "--startup-timeout"),
-    tool("demo-only-unknown", f"{DEMO} --only both", "invalid choice"),
-    # --- train ----------------------------------------------------------------------------
-    tool("train-out-is-dir", f"{TRAIN} --out {{ws}}/existing_dir.pt", "folder"),
-    tool("train-out-under-file", f"{TRAIN} --out {{ws}}/afile/x.pt", NOT_A_FOLDER),
-    tool("train-out-is-input", f"{TRAIN} --out {{ws}}/images/a.png", "input"),
-    tool("train-out-is-model", f"{TRAIN} --model {{ws}}/exported.pt --out {{ws}}/exported.pt",
-         "input"),
-    tool("train-run-dir-is-file", f"{TRAIN_OUT} --run-dir {{ws}}/afile", NOT_A_FOLDER),
-    tool("train-epochs-zero", f"{TRAIN_OUT} --epochs 0", "--epochs"),
-    tool("train-batch-size-zero", f"{TRAIN_OUT} --batch-size 0", "--batch-size"),
-    tool("train-threads-negative", f"{TRAIN_OUT} --threads -1", "--threads"),
-    tool("train-workers-negative", f"{TRAIN_OUT} --workers -1", "--workers"),
-    tool("train-limit-negative", f"{TRAIN_OUT} --limit -1", "--limit"),
-    tool("train-patience-negative", f"{TRAIN_OUT} --patience -1", "--patience"),
-    tool("train-lr-zero", f"{TRAIN_OUT} --lr 0", "--lr"),
-    tool("train-time-budget-negative", f"{TRAIN_OUT} --time-budget -5", "--time-budget"),
-    tool("train-classes-unknown",
-         "train --images {ws}/images --labels {ws}/labels --classes nosuch --out {ws}/new.pt",
-         "nosuch"),
-    tool("train-val-unpaired", f"{TRAIN_OUT} --val-images {{ws}}/images", "--val-labels"),
-    tool("train-resume-nothing", f"{TRAIN_OUT} --resume", "--resume"),
-    tool("train-labels-out-of-range",
-         "train --images {ws}/images --labels {ws}/labels_out_of_range --classes camvid "
-         "--out {ws}/new.pt", "not a class"),
-    tool("train-labels-16bit", "train --images {ws}/images --labels {ws}/labels_16bit "
-         "--classes camvid --out {ws}/new.pt", "labels_16bit/a.png"),
-    tool("train-size-absurd", f"{TRAIN_OUT} --input-size 100000x100000", "too large"),
-    tool("train-model-missing", f"{TRAIN_OUT} --model {{ws}}/missing.pt", "missing.pt"),
-    tool("train-mapping-missing", f"{TRAIN_OUT} --mapping {{ws}}/missing.yaml", "missing.yaml"),
-    # --- the command line -----------------------------------------------------------------
-    tool("cli-no-tool", "", "required"),
-    tool("cli-unknown-tool", "nosuch", "invalid choice"),
-    tool("cli-unknown-option", "export espnet-camvid -o {ws}/o.pt --bogus", "--bogus"),
-    # --- the node -------------------------------------------------------------------------
-    node("node-model-missing", MODEL_MISSING, "missing.pt"),
-    node("node-unknown-parameter", f"{MODEL_MISSING} -p bogus_parameter:=1", "bogus_parameter"),
-    node("node-model-and-model-path", "-p model:=espnet-camvid "
-         "-p model_path:={ws}/missing.pt", "both 'model' and 'model_path'"),
-    node("node-model-text", "-p model:={ws}/text.pth", "not a TorchScript", slow=True),
-    node("node-model-checkpoint", "-p model:={ws}/weights.pth", "checkpoint", slow=True),
-    node("node-model-dir", "-p model:={ws}/existing_dir.pt", "not a file"),
-    node("node-cache-under-file", "-p model:=espnet-camvid", "SEG_PERCEPTION_CACHE",
-         env=BAD_CACHE),
-    node("node-min-confidence", f"{MODEL_MISSING} -p min_confidence:=2.0", "min_confidence"),
-    node("node-input-qos", f"{MODEL_MISSING} -p input_qos:=bogus", "input_qos"),
-    node("node-threads-negative", f"{MODEL_MISSING} -p num_threads:=-1", "num_threads"),
-    node("node-bad-ros-args", "-p", "-p"),
-]
+CASES = load_cases()
 
 
 # --- the prepared folder ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -32,12 +32,13 @@ from seg_perception.evaluation.metrics import (
     PR_GRID,
     Calibration,
     ConfusionMatrix,
-    DecisionCounts,
     FrameRecord,
-    PRPoint,
     count_decisions,
     pr_curve,
 )
+
+if TYPE_CHECKING:
+    from seg_perception.evaluation.metrics import DecisionCounts, PRPoint
 
 __all__ = ["EvaluationResult", "Evaluator", "run_evaluation"]
 
