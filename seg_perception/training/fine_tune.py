@@ -199,12 +199,16 @@ def fine_tune(request: FineTuneRequest, ctx: Distributed) -> dict[str, Any] | No
 
     state = trainer.fit(on_epoch, request.show_progress)
     digests = ctx.gather(state_digest(trainer.model))
-    if not ctx.is_main:
-        return None
-    if len(set(digests)) != 1:
-        raise RuntimeError(f"the {ctx.world_size} processes ended with different weights: "
-                           f"{digests}")
-    return finish(request, label_set, state, metadata, digests, inputs)
+    summary = None
+    if ctx.is_main:
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"the {ctx.world_size} processes ended with different weights: "
+                               f"{digests}")
+        summary = finish(request, label_set, state, metadata, digests, inputs)
+    # The ranks leave together: destroying the process group is collective (a rank that tore
+    # down gloo while rank 0 was still exporting aborted).
+    ctx.barrier()
+    return summary
 
 
 def describe(state: RunState, names: tuple[str, ...]) -> str:
